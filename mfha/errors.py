@@ -1,0 +1,20 @@
+"""The project's error classes: user mistakes derive from MFHAError so the CLIs can print one line."""
+
+
+class MFHAError(Exception):
+    """Base of every error that a user can cause and fix; CLIs print it in one line and exit 1."""
+
+
+class ConfigError(MFHAError, ValueError):
+    """A config field or command-line value breaks a rule; the message names the field."""
+
+
+class DataError(MFHAError):
+    """A dataset cannot be loaded or does not have the expected shape."""
+
+
+class TrainingDiverged(MFHAError):
+    """The training loss became NaN or infinite."""
+
+
+__all__ = ["MFHAError", "ConfigError", "DataError", "TrainingDiverged"]
