@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 
+# set before any test module imports datasets/huggingface_hub, which read it once at import
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared/data/tinystories"
 
@@ -12,7 +15,6 @@ def _isolated_cache(tmp_path_factory):
     """Tokenizer and token caches go to a per-session folder, never the user's ~/.cache."""
     old = os.environ.get("MFHA_CACHE")
     os.environ["MFHA_CACHE"] = str(tmp_path_factory.mktemp("mfha-cache"))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
     yield
     if old is None:
         os.environ.pop("MFHA_CACHE", None)
