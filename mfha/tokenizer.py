@@ -1,0 +1,208 @@
+"""Character-pair encoding: BPE over the training corpus' own characters, built on Hugging Face `tokenizers`.
+
+How text maps to tokens:
+- The base vocabulary is every character that occurs in the tokenizer's training text, plus the
+  specials `<bos>`, `<eos>`, `<pad>` and 256 byte tokens `<0x00>` .. `<0xFF>`. With
+  `tokenizer_vocab` null the tokenizer stays at that size (character level, no merges); otherwise
+  BPE merges are learned up to `tokenizer_vocab` tokens, which must be at least the character-level
+  size (characters + 256 + 3) for the corpus.
+- There is no normalizer and no byte-level remapping, so encoding then decoding gives back the exact
+  input: whitespace, newlines and the corpus' mojibake included. Merges are learned inside the pieces
+  of a GPT-2-style split (words with their leading space, numbers, punctuation runs, whitespace runs);
+  the split drops nothing, it only stops merges from crossing word boundaries.
+- A character never seen in training (an emoji, CJK, a letter only the validation split has) is
+  written as the byte tokens of its UTF-8 encoding (byte fallback, as in Llama's tokenizer) and
+  decodes back to the same character, so any text round-trips and nothing maps to an unknown token.
+- Text that happens to spell a special token, such as "<eos>", is encoded as plain characters; only
+  the ids themselves are special.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Regex, decoders, pre_tokenizers, trainers
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers.models import BPE
+
+from mfha.errors import ConfigError, DataError
+
+SPECIALS = ("<bos>", "<eos>", "<pad>")
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
+# GPT-2's split without its byte-level remapping; isolated pieces keep every character, so it is lossless
+SPLIT_PATTERN = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+FILE_NAME = "tokenizer.json"
+
+
+class Tokenizer:
+    """A trained character-pair tokenizer; see the module docstring for how text maps to tokens."""
+
+    def __init__(self, backend: _HFTokenizer) -> None:
+        ids = [backend.token_to_id(s) for s in SPECIALS]
+        if None in ids:
+            raise DataError(f"this tokenizer lacks the special tokens {', '.join(SPECIALS)}; it was not made by mfha.")
+        # not serialized by `tokenizers`: without it, text spelling "<eos>" would encode as the special id
+        backend.encode_special_tokens = True
+        self._tok = backend
+        self._bos, self._eos, self._pad = ids
+        self._char_lengths: np.ndarray | None = None
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int | None = None) -> Tokenizer:
+        """Learn the alphabet (and, with `vocab_size`, BPE merges up to that many tokens) from `texts`."""
+        texts = texts if isinstance(texts, (list, tuple)) else list(texts)
+        alphabet: set[str] = set()
+        for t in texts:
+            alphabet.update(t)
+        if not alphabet:
+            raise DataError("cannot train a tokenizer on empty text; the training slice holds no characters.")
+        alphabet_list = sorted(alphabet)
+        minimum = len(alphabet_list) + len(BYTE_TOKENS) + len(SPECIALS)
+        if vocab_size is not None and vocab_size < minimum:
+            raise ConfigError(
+                f"tokenizer_vocab must be at least {minimum} for this corpus ({len(alphabet_list)} characters "
+                f"+ {len(BYTE_TOKENS)} byte-fallback tokens + {len(SPECIALS)} specials) or null for character level, "
+                f"but got tokenizer_vocab={vocab_size}."
+            )
+        if vocab_size is None or vocab_size == minimum:
+            vocab = {s: i for i, s in enumerate((*SPECIALS, *alphabet_list))}
+            return cls(_assemble(vocab, [], split=False))
+
+        trainer_tok = _HFTokenizer(BPE())
+        trainer_tok.pre_tokenizer = _split()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size - len(BYTE_TOKENS),
+            special_tokens=list(SPECIALS),
+            initial_alphabet=alphabet_list,
+            show_progress=False,
+        )
+        trainer_tok.train_from_iterator(texts, trainer, length=len(texts))
+        model = json.loads(trainer_tok.to_str())["model"]
+        # merges stay in whatever format this `tokenizers` version writes, so it reads them back itself
+        return cls(_assemble(model["vocab"], model["merges"], split=True))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        """Load a `tokenizer.json` file, or the one inside a folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        if not path.is_file():
+            raise DataError(f"tokenizer file {str(path)!r} does not exist.")
+        return cls(_HFTokenizer.from_file(str(path)))
+
+    def save(self, path: str | Path) -> Path:
+        """Write `tokenizer.json` (to `path`, or inside `path` if it is a folder), atomically; return the file."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self._tok.to_str(pretty=True))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        # the fast variant skips offset tracking, which we never read
+        return [e.ids for e in self._tok.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
+        """Text for `ids`; specials show as "<eos>" etc. unless `skip_special_tokens`."""
+        return self._tok.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int:
+        return self._bos
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad
+
+    @property
+    def backend(self) -> _HFTokenizer:
+        """The underlying `tokenizers.Tokenizer`."""
+        return self._tok
+
+    def char_lengths(self) -> np.ndarray:
+        """Characters each token id stands for (read-only int64 array of length vocab_size).
+
+        Summed over the tokens of a text it gives len(text): a byte token counts 1 if it starts a UTF-8
+        character (ASCII or a lead byte) and 0 if it continues one; `<eos>` counts 1 because it separates
+        stories the way a newline separates lines; `<bos>` and `<pad>` count 0.
+        """
+        if self._char_lengths is None:
+            lengths = np.zeros(self.vocab_size, dtype=np.int64)
+            bytes_by_token = {s: b for b, s in enumerate(BYTE_TOKENS)}
+            for i in range(self.vocab_size):
+                s = self._tok.id_to_token(i)
+                if s in bytes_by_token:
+                    lengths[i] = 0 if 0x80 <= bytes_by_token[s] < 0xC0 else 1
+                elif i in (self._bos, self._pad):
+                    lengths[i] = 0
+                elif i == self._eos:
+                    lengths[i] = 1
+                else:
+                    lengths[i] = len(s)
+            lengths.flags.writeable = False
+            self._char_lengths = lengths
+        return self._char_lengths
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size})"
+
+
+def _split() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated")
+
+
+def _assemble(vocab: dict[str, int], merges: list, *, split: bool) -> _HFTokenizer:
+    """A byte-fallback BPE tokenizer: specials first, then the 256 byte tokens, then `vocab` in its order."""
+    n_special = len(SPECIALS)
+    assert all(vocab[s] == i for i, s in enumerate(SPECIALS)), "specials must lead the vocabulary"
+    # merges happen inside split pieces, so no learned token can spell "<0x41>"; a clash would corrupt decoding
+    assert not set(vocab) & set(BYTE_TOKENS), "a learned token collides with a byte-fallback token"
+    full = {s: i for i, s in enumerate(SPECIALS)}
+    full.update({s: n_special + b for b, s in enumerate(BYTE_TOKENS)})
+    full.update({s: i + len(BYTE_TOKENS) for s, i in vocab.items() if i >= n_special})
+    spec = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}
+            for i, s in enumerate(SPECIALS)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "BPE", "byte_fallback": True, "vocab": full, "merges": merges},
+    }
+    tok = _HFTokenizer.from_str(json.dumps(spec))
+    if split:
+        tok.pre_tokenizer = _split()
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    return tok
+
+
+__all__ = ["Tokenizer", "SPECIALS"]
