@@ -1,0 +1,98 @@
+"""Compare trained runs: validation loss, bits per character, perplexity, top-k teacher-forcing accuracy.
+
+    python -m mfha.evaluate runs/a runs/b --plot loss_curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from mfha.errors import ConfigError, MFHAError
+
+TOP_KS = (1, 5, 10)
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, windows: int | None = None, device: str = "cpu") -> dict:
+    """Metrics of one run on its fixed validation windows, tokenized with the run's own tokenizer."""
+    from mfha.data import load_data
+    from mfha.train import evaluate_windows, load_run
+
+    model, tokenizer, _, train_config = load_run(run_dir, device)
+    if dataset is not None:
+        train_config = type(train_config).from_dict({**train_config.to_dict(), "dataset": dataset})
+    data = load_data(train_config, tokenizer=tokenizer)
+    x, y, n_chars = data.val_windows(train_config.seq_len, windows or train_config.eval_windows)
+    dev = next(model.parameters()).device
+    metrics = evaluate_windows(model, x, y, n_chars, batch_size=train_config.batch_size, device=dev)
+    hits = dict.fromkeys(TOP_KS, 0)
+    for i in range(0, x.size(0), train_config.batch_size):
+        logits, _ = model(x[i:i + train_config.batch_size].to(dev))
+        top = logits.topk(max(TOP_KS), dim=-1).indices  # (B, T, 10)
+        match = top == y[i:i + train_config.batch_size].to(dev).unsqueeze(-1)
+        for k in TOP_KS:
+            hits[k] += match[..., :k].any(-1).sum().item()
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"run": str(run_dir), "n_params": n_params, **metrics, **{f"top{k}_acc": hits[k] / y.numel() for k in TOP_KS}}
+
+
+def plot_loss_curves(run_dirs: list[str | Path], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, (ax_loss, ax_bpc) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in run_dirs:
+        df = pd.read_csv(Path(run) / "metrics.csv")
+        ax_loss.plot(df["step"], df["train_loss"], "--", alpha=0.6, label=f"{Path(run).name} train")
+        ax_loss.plot(df["step"], df["val_loss"], label=f"{Path(run).name} val")
+        ax_bpc.plot(df["step"], df["val_bpc"], label=Path(run).name)
+    ax_loss.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
+    ax_bpc.set(xlabel="step", ylabel="bits per character", title="validation bits/char")
+    for ax in (ax_loss, ax_bpc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m mfha.evaluate",
+        description="Evaluate and compare run folders; prints a table and writes a loss-curve PNG.",
+        epilog="example: python -m mfha.evaluate runs/a runs/b --plot loss_curves.png",
+    )
+    p.add_argument("runs", nargs="+", help="run folders written by python -m mfha.train")
+    p.add_argument("--dataset", help="evaluate on this dataset instead of each run's own")
+    p.add_argument("--windows", type=int, help="number of validation windows (default: the run's eval_windows)")
+    p.add_argument("--plot", default="loss_curves.png", help="where to write the loss-curve PNG")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    args = p.parse_args(argv)
+    try:
+        if args.windows is not None and args.windows < 1:
+            raise ConfigError(f"--windows must be >= 1, but got {args.windows}.")
+        import pandas as pd
+
+        rows = [evaluate_run(r, dataset=args.dataset, windows=args.windows, device=args.device) for r in args.runs]
+        plot = plot_loss_curves(args.runs, args.plot)
+    except MFHAError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    table = pd.DataFrame(rows).set_index("run")
+    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 200):
+        print(table.to_string())
+    print(f"loss curves -> {plot}")
+    return 0 if all(math.isfinite(r["val_loss"]) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

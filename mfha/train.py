@@ -1,0 +1,293 @@
+"""Training: AdamW with warmup and cosine decay, periodic evaluation in bits per character, run folders.
+
+    python -m mfha.train --model-config M.json --train-config T.json --dataset ../shared/data/tinystories --out runs/NAME
+    python -m mfha.train --from exports/NAME --out runs/NAME
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mfha.config import ModelConfig, TrainConfig
+from mfha.data import TokenizedData, load_data
+from mfha.errors import ConfigError, MFHAError, TrainingDiverged
+from mfha.model import GPT
+from mfha.tokenizer import Tokenizer
+
+OnEval = Callable[[int, dict], bool | None]
+CHECKPOINT = "checkpoint.pt"
+METRIC_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_bpc", "perplexity", "lr", "tokens_per_s", "peak_mem_bytes", "elapsed_s"]
+
+
+@dataclass
+class TrainResult:
+    model_config: ModelConfig
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+    steps: int = 0
+    out_dir: Path | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is 'cuda' but no CUDA device is available; use --device cpu or auto.")
+    return torch.device(name)
+
+
+def learning_rate(step: int, progress: float, tc: TrainConfig) -> float:
+    """Linear warmup over warmup_steps, then cosine from lr down to lr * min_lr_ratio as progress goes 0 -> 1."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    floor = tc.lr * tc.min_lr_ratio
+    return floor + 0.5 * (tc.lr - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # decay matrices only: norms (1-D) keep their scale (nanoGPT, "Decoupled Weight Decay")
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=device.type == "cuda")
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+@torch.no_grad()
+def evaluate_windows(model: GPT, x: torch.Tensor, y: torch.Tensor, n_chars: int, *, batch_size: int, device: torch.device) -> dict:
+    """Total cross-entropy over fixed windows: mean nats per token and bits per character."""
+    was_training = model.training
+    model.eval()
+    total_nats = 0.0
+    for i in range(0, x.size(0), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        with _autocast(device):
+            logits, _ = model(xb)
+        total_nats += torch.nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), yb.flatten(), reduction="sum"
+        ).item()
+    model.train(was_training)
+    val_loss = total_nats / y.numel()
+    return {"val_loss": val_loss, "val_bpc": total_nats / math.log(2) / n_chars, "perplexity": math.exp(min(val_loss, 50.0))}
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    data: TokenizedData | None = None,
+    out_dir: str | Path | None = None,
+    on_eval: OnEval | None = None,
+    resume: bool = False,
+    progress: bool = False,
+) -> TrainResult:
+    tc = train_config
+    device = resolve_device(tc.device)
+    data = data if data is not None else load_data(tc)
+    if model_config.vocab_size != data.tokenizer.vocab_size:
+        model_config = replace(model_config, vocab_size=data.tokenizer.vocab_size)
+    if tc.seq_len > model_config.max_seq_len:
+        raise ConfigError(f"seq_len must be <= max_seq_len={model_config.max_seq_len}, but got seq_len={tc.seq_len}.")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        model_config.save(out / "model_config.json")
+        tc.save(out / "train_config.json")
+        data.tokenizer.save(out / "tokenizer.json")
+
+    torch.manual_seed(tc.seed)
+    model = GPT(model_config).to(device)
+    optimizer = make_optimizer(model, tc, device)
+    generator = torch.Generator().manual_seed(tc.seed)
+    step, history, elapsed_before = 0, [], 0.0
+    if resume:
+        if out is None or not (out / CHECKPOINT).exists():
+            raise ConfigError(f"resume needs a checkpoint, but {str(out / CHECKPOINT) if out else 'no --out folder'} does not exist.")
+        state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, history, elapsed_before = state["step"], state["history"], state["elapsed_s"]
+    step_fn = torch.compile(model) if tc.compile else model
+    val_x, val_y, val_chars = data.val_windows(tc.seq_len, tc.eval_windows)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.max_steps, initial=step, unit="step", dynamic_ncols=True)
+    model.train()
+    t_start = time.perf_counter()
+    t_window, train_time = t_start, 0.0
+    loss_sum = torch.zeros((), device=device)
+    window_steps, window_tokens = 0, 0
+    stopped_early = False
+    lr = tc.lr
+    while step < tc.max_steps:
+        elapsed = elapsed_before + time.perf_counter() - t_start
+        progress_frac = step / tc.max_steps
+        if tc.max_time_s is not None:
+            progress_frac = max(progress_frac, elapsed / tc.max_time_s)
+        lr = learning_rate(step, progress_frac, tc)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = data.batch(tc.batch_size, tc.seq_len, generator)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device):
+            _, loss = step_fn(x, y)
+        loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        step += 1
+        window_steps += 1
+        window_tokens += x.numel()
+        time_up = tc.max_time_s is not None and elapsed_before + time.perf_counter() - t_start >= tc.max_time_s
+        if step % tc.eval_interval and step < tc.max_steps and not time_up:
+            continue
+        train_loss = (loss_sum / window_steps).item()  # one sync per eval, not per step
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"training loss became {train_loss} by step {step} (lr={lr:.3g}); lower --lr / lr or raise warmup_steps."
+            )
+        now = time.perf_counter()
+        train_time = now - t_window
+        metrics = {
+            "step": step,
+            "tokens": step * tc.batch_size * tc.seq_len,
+            "train_loss": train_loss,
+            **evaluate_windows(model, val_x, val_y, val_chars, batch_size=tc.batch_size, device=device),
+            "lr": lr,
+            "tokens_per_s": window_tokens / train_time,
+            "peak_mem_bytes": peak_memory_bytes(device),
+            "elapsed_s": elapsed_before + time.perf_counter() - t_start,
+        }
+        history.append(metrics)
+        if out is not None:
+            _save_checkpoint(out, model, optimizer, generator, step, history, metrics["elapsed_s"])
+            _write_metrics(out / "metrics.csv", history)
+        if bar is not None:
+            bar.update(window_steps)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_bpc=f"{metrics['val_bpc']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        loss_sum.zero_()
+        window_steps, window_tokens = 0, 0
+        if on_eval is not None and on_eval(step, metrics):
+            stopped_early = True
+            break
+        if time_up:
+            break
+        t_window = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    return TrainResult(model_config, history[-1] if history else {}, history, stopped_early, step, out)
+
+
+def _save_checkpoint(out: Path, model, optimizer, generator, step, history, elapsed_s) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "step": step,
+        "history": history,
+        "elapsed_s": elapsed_s,
+    }
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out / CHECKPOINT)  # atomic: a crash mid-write never leaves a torn checkpoint
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> tuple[GPT, Tokenizer, ModelConfig, TrainConfig]:
+    """The trained model (eval mode), its tokenizer and configs from a run folder."""
+    run = Path(run_dir)
+    if not (run / CHECKPOINT).exists():
+        raise ConfigError(f"run folder {str(run)!r} has no {CHECKPOINT}; pass a folder written by `python -m mfha.train --out`.")
+    model_config = ModelConfig.from_file(run / "model_config.json")
+    train_config = TrainConfig.from_file(run / "train_config.json")
+    dev = resolve_device(device)
+    model = GPT(model_config).to(dev)
+    state = torch.load(run / CHECKPOINT, map_location=dev, weights_only=True)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, Tokenizer.from_file(run / "tokenizer.json"), model_config, train_config
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m mfha.train",
+        description="Train an MFHA GPT from a model config and a train config.",
+        epilog="example: python -m mfha.train --from exports/smoke --dataset ../shared/data/tinystories --out runs/smoke",
+    )
+    p.add_argument("--from", dest="from_dir", help="folder with model_config.json and train_config.json (an export)")
+    p.add_argument("--model-config", help="model config JSON")
+    p.add_argument("--train-config", help="train config JSON")
+    p.add_argument("--dataset", help="Hub name or local folder/file; overrides the train config")
+    p.add_argument("--out", required=True, help="run folder for checkpoint, configs, tokenizer and metrics.csv")
+    p.add_argument("--max-steps", type=int, help="override max_steps")
+    p.add_argument("--max-time", type=float, dest="max_time_s", help="override max_time_s (seconds of wall time)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device")
+    p.add_argument("--seed", type=int, help="override seed")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        if args.from_dir:
+            model_path, train_path = Path(args.from_dir) / "model_config.json", Path(args.from_dir) / "train_config.json"
+        elif args.model_config and args.train_config:
+            model_path, train_path = Path(args.model_config), Path(args.train_config)
+        else:
+            raise ConfigError("pass --from DIR, or both --model-config and --train-config.")
+        model_config = ModelConfig.from_file(model_path)
+        overrides = {k: getattr(args, k) for k in ("dataset", "max_steps", "max_time_s", "device", "seed") if getattr(args, k) is not None}
+        train_config = TrainConfig.from_dict({**TrainConfig.from_file(train_path).to_dict(), **overrides})
+        result = train(model_config, train_config, out_dir=args.out, resume=args.resume, progress=True)
+    except MFHAError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python -m mfha.train ... --out {args.out} --resume", file=sys.stderr)
+        return 130
+    m = result.metrics
+    print(
+        f"done: {result.steps} steps, val_loss {m['val_loss']:.4f}, val_bpc {m['val_bpc']:.4f}, "
+        f"{m['tokens_per_s']:.0f} tokens/s, peak {m['peak_mem_bytes'] / 2**20:.0f} MiB -> {result.out_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
