@@ -7,6 +7,7 @@ one call per distinct size, never one per head.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn as nn
@@ -14,6 +15,13 @@ import torch.nn.functional as F
 
 from mfha.config import ModelConfig
 from mfha.heads import HeadSpec
+
+
+# The CPU flash-attention kernel costs more per head below head size ~12-16 than at 16 (fwd+bwd,
+# B8 T256: ~6 ms per head of 8, ~4 ms per head of 16), so on CPU the full-sequence pass (not cached
+# decoding) runs smaller heads zero-padded to 16: zeros add nothing to q.k, the padded output
+# columns are dropped, and the softmax scale stays 1/sqrt(true size). See bench/attention.py.
+CPU_MIN_KERNEL_HEAD = 16
 
 
 class RMSNorm(nn.Module):
@@ -26,22 +34,29 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
-def rope_tables(head_sizes: list[int], max_seq_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, (max_seq_len, sum(head_sizes) // 2), each head rotated at its own size.
+def rope_tables(head_sizes: list[int], max_seq_len: int, base: float) -> torch.Tensor:
+    """cos and sin stacked, (max_seq_len, sum(head_sizes) // 2, 2), each head rotated at its own size.
 
     Interleaved pairs (2j, 2j+1) keep every head's pairs inside its own channels, so one
     elementwise op rotates a whole row of mixed-size heads.
     """
-    inv_freq = torch.cat([base ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs) for hs in head_sizes])
+    # heads share frequencies (every head of a size, and 2j/hs == j/(hs/2) across sizes), and float64
+    # sin/cos is slow, so each distinct exponent 2j/hs is evaluated once
+    exponents = [Fraction(2 * j, hs) for hs in head_sizes for j in range(hs // 2)]
+    distinct = sorted(set(exponents))
+    position = {e: i for i, e in enumerate(distinct)}
+    index = torch.tensor([position[e] for e in exponents])
+    inv_freq = base ** -torch.tensor([float(e) for e in distinct], dtype=torch.float64)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
-    return angles.cos().float(), angles.sin().float()
+    return torch.stack((angles.cos(), angles.sin()), dim=-1)[:, index].float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x (B, T, W); cos, sin (T, W/2)
-    x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    # x (B, T, W); table (T, W/2, 2) of cos, sin. Rotating the pair (x0, x1) is multiplying x0 + i*x1
+    # by cos + i*sin: one complex op forward and one backward, ~4x faster on CPU than the real form
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()  # no complex bf16 kernels
+    xc = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * torch.view_as_complex(table.to(xf.dtype))).flatten(-2).to(x.dtype)
 
 
 class KVCache:
@@ -70,38 +85,45 @@ class MFHAttention(nn.Module):
         self.groups = [(hs, n, config.kv_heads(n)) for hs, n in spec.groups()]
         self.q_width = sum(hs * n for hs, n, _ in self.groups)
         self.kv_width = sum(hs * n_kv for hs, _, n_kv in self.groups)
+        self.q_splits = [hs * n for hs, n, _ in self.groups]
+        self.kv_splits = [hs * n_kv for hs, _, n_kv in self.groups]
         self.qkv = nn.Linear(config.dim, self.q_width + 2 * self.kv_width, bias=False)
         self.proj = nn.Linear(self.q_width, config.dim, bias=False)
-        q_cos, q_sin = rope_tables([hs for hs, n, _ in self.groups for _ in range(n)], config.max_seq_len, config.rope_base)
-        k_cos, k_sin = rope_tables([hs for hs, _, n_kv in self.groups for _ in range(n_kv)], config.max_seq_len, config.rope_base)
-        self.register_buffer("q_cos", q_cos, persistent=False)
-        self.register_buffer("q_sin", q_sin, persistent=False)
-        self.register_buffer("k_cos", k_cos, persistent=False)
-        self.register_buffer("k_sin", k_sin, persistent=False)
+        # q and k sit side by side in the qkv output, so one table rotates both in one op
+        head_sizes = [hs for hs, n, _ in self.groups for _ in range(n)] + [hs for hs, _, n_kv in self.groups for _ in range(n_kv)]
+        self.register_buffer("rope", rope_tables(head_sizes, config.max_seq_len, config.rope_base), persistent=False)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         start = cache.length if cache is not None else 0
-        q, k, v = self.qkv(x).split([self.q_width, self.kv_width, self.kv_width], dim=-1)
-        q = apply_rope(q, self.q_cos[start:start + T], self.q_sin[start:start + T])
-        k = apply_rope(k, self.k_cos[start:start + T], self.k_sin[start:start + T])
-        if cache is not None:
+        qk, v = self.qkv(x).split([self.q_width + self.kv_width, self.kv_width], dim=-1)
+        qk = apply_rope(qk, self.rope[start:start + T])
+        if cache is None:
+            # split, not slicing: its backward is one cat, where each slice's would zero-fill a full-size grad
+            qs = qk.split(self.q_splits + self.kv_splits, dim=-1)
+            qs, ks = qs[:len(self.groups)], qs[len(self.groups):]
+        else:
+            q, k = qk.split([self.q_width, self.kv_width], dim=-1)
             k, v = cache.append(k, v)
-        Tk = k.size(1)
+            qs, ks = q.split(self.q_splits, dim=-1), k.split(self.kv_splits, dim=-1)
+        vs = v.split(self.kv_splits, dim=-1)
+        Tk = v.size(1)
         # SDPA's is_causal aligns the mask top-left, which is only right when there is no past
         mask = None
         if start > 0 and T > 1:
             mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(diagonal=start)
         outs = []
-        q_off = kv_off = 0
-        for hs, n, n_kv in self.groups:
-            qg = q[..., q_off:q_off + n * hs].view(B, T, n, hs).transpose(1, 2)  # (B, nh_g, T, hs)
-            kg = k[..., kv_off:kv_off + n_kv * hs].view(B, Tk, n_kv, hs).transpose(1, 2)  # (B, n_kv, Tk, hs)
-            vg = v[..., kv_off:kv_off + n_kv * hs].view(B, Tk, n_kv, hs).transpose(1, 2)
-            yg = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, is_causal=start == 0 and T > 1, enable_gqa=n_kv != n)
-            outs.append(yg.transpose(1, 2).reshape(B, T, n * hs))
-            q_off += n * hs
-            kv_off += n_kv * hs
+        for (hs, n, n_kv), qg, kg, vg in zip(self.groups, qs, ks, vs):
+            qg = qg.view(B, T, n, hs).transpose(1, 2)  # (B, nh_g, T, hs)
+            kg = kg.view(B, Tk, n_kv, hs).transpose(1, 2)  # (B, n_kv, Tk, hs)
+            vg = vg.view(B, Tk, n_kv, hs).transpose(1, 2)
+            pad = CPU_MIN_KERNEL_HEAD - hs if x.device.type == "cpu" and cache is None else 0
+            if pad > 0:
+                qg, kg, vg = (F.pad(z, (0, pad)) for z in (qg, kg, vg))
+            yg = F.scaled_dot_product_attention(
+                qg, kg, vg, attn_mask=mask, is_causal=start == 0 and T > 1, scale=hs**-0.5, enable_gqa=n_kv != n
+            )
+            outs.append(yg[..., :hs].transpose(1, 2).reshape(B, T, n * hs))
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # (B, T, q_width)
         return self.proj(y)
 
