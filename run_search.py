@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Search MFHA head-size mixes, depth and width under a parameter budget with Optuna.
+
+    python run_search.py run --study studies/smoke.toml --dataset ../shared/data/tinystories
+    python run_search.py dashboard
+    python run_search.py show --study smoke
+    python run_search.py export --study smoke --out exports/smoke
+    python run_search.py studies
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Callable
+
+from mfha.errors import ConfigError, MFHAError
+
+DEFAULT_STORAGE = "sqlite:///storage/mfha.db"
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, metavar="FILE", help="study file (TOML), e.g. studies/smoke.toml")
+    p.add_argument("--dataset", help="Hub name or local folder; overrides [data].dataset")
+    p.add_argument("--storage", metavar="URL", help="SQLAlchemy URL; overrides [study].storage (default sqlite:///storage/mfha.db)")
+    p.add_argument("--n-trials", type=int, metavar="N",
+                   help="finished trials (COMPLETE + PRUNED) the study should hold in total; a rerun only adds the missing ones")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds; overrides [study].timeout_s")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides [training].device")
+    p.add_argument("--artifacts", metavar="DIR", help="artifact folder (default: beside a SQLite file, else storage/artifacts)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads per trial (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="one line per trial instead of progress bars")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from search import load_study_file, run_study
+
+    config = load_study_file(args.study).with_overrides(
+        dataset=args.dataset, storage=args.storage, n_trials=args.n_trials, timeout_s=args.timeout,
+    )
+    if args.device:
+        config.training["device"] = args.device
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
+    summary = run_study(config, artifacts=args.artifacts, progress=not args.no_progress, threads=args.threads)
+    print(summary.line())
+    if summary.interrupted:
+        print("interrupted: the running trial was closed as FAIL and queued again; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    if summary.best_number is not None:
+        storage = "" if config.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(summary.storage)}"
+        print(f"next: python run_search.py export --study {config.name}{storage} --out exports/{config.name}")
+    return 0
+
+
+def _add_dashboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="SQLAlchemy URL (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default %(default)s)")
+    p.add_argument("--artifacts", metavar="DIR", help="artifact folder (default: beside a SQLite file, else storage/artifacts)")
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from search import serve
+
+    serve(args.storage, host=args.host, port=args.port, artifacts=args.artifacts)
+    return 0
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, metavar="NAME", help="study name (its [study].name)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="SQLAlchemy URL (default %(default)s)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, metavar="N", help="export trial number N (default: the best)")
+    which.add_argument("--top", type=int, metavar="K", help="export the K best trials into OUT/rank1-trialN, ...")
+    p.add_argument("--out", metavar="DIR", help="export folder (default exports/NAME)")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="where the printed training commands write (default %(default)s)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from search import export_trials
+
+    for e in export_trials(args.storage, args.study, args.out or f"exports/{args.study}", trial=args.trial, top=args.top, runs=args.runs):
+        value = f"val_bpc {e.value:.4f}" if e.value is not None else "no final value"
+        print(f"exported trial {e.trial_number} ({value}) to {e.folder}")
+        print(f"  full training:       {e.command}")
+        print(f"  reproduce the trial: {e.check_command}")
+    return 0
+
+
+def _add_show(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, metavar="NAME", help="study name")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="SQLAlchemy URL (default %(default)s)")
+    p.add_argument("--top", type=int, default=10, metavar="K", help="rows to print (default %(default)s)")
+    p.add_argument("--csv", metavar="FILE", help="also write every trial to this CSV file")
+
+
+def _show(args: argparse.Namespace) -> int:
+    from search import show
+
+    print(show(args.storage, args.study, top=args.top, csv=args.csv))
+    return 0
+
+
+def _add_studies(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="SQLAlchemy URL (default %(default)s)")
+
+
+def _studies(args: argparse.Namespace) -> int:
+    from search import studies_frame
+
+    df = studies_frame(args.storage)
+    print(df.to_string(index=False) if not df.empty else "no studies stored yet.")
+    return 0
+
+
+# name: (what it does, example, add arguments, run)
+COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
+    "run": ("run or resume a study from a study file",
+            "python run_search.py run --study studies/smoke.toml --dataset ../shared/data/tinystories", _add_run, _run),
+    "dashboard": ("serve optuna-dashboard (trials, curves, artifacts) for a storage",
+                  "python run_search.py dashboard --storage sqlite:///storage/mfha.db --port 8080", _add_dashboard, _dashboard),
+    "export": ("write a trial's configs for full training and print the training command",
+               "python run_search.py export --study smoke --top 3 --out exports/smoke", _add_export, _export),
+    "show": ("print the top trials of a study as a table",
+             "python run_search.py show --study smoke --top 5 --csv smoke.csv", _add_show, _show),
+    "studies": ("list the studies in a storage with their trial counts and best value",
+                "python run_search.py studies --storage sqlite:///storage/mfha.db", _add_studies, _studies),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_search.py", description="Search MFHA head-size mixes, depth and width under a parameter budget.",
+        epilog="examples:\n" + "\n".join(f"  {ex}" for _, ex, _, _ in COMMANDS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name, (what, example, add, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".", epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        add(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MFHAError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

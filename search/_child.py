@@ -1,0 +1,81 @@
+"""The trial process: trains one configuration and talks to the study process over a Pipe.
+
+Started from a forkserver that has already imported this module (and so torch and mfha), so a trial
+starts in milliseconds. Messages to the parent:
+    ("eval", step, metrics)   then waits for "continue" or "stop"
+    ("done", result)          result: history, steps, stopped_early, train_s, model_config
+    ("error", kind, message)  kind: oom | diverged | config | crash
+"""
+from __future__ import annotations
+
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+import mfha.data  # noqa: F401  (preloaded in the forkserver)
+from mfha.config import ModelConfig, TrainConfig
+from mfha.data import load_data
+from mfha.errors import MFHAError, TrainingDiverged
+from mfha.train import train
+
+
+def run_trial(conn: Connection, request: dict[str, Any]) -> None:
+    # Ctrl-C reaches the whole process group; the study process decides what happens to the trial
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        conn.send(_train(conn, request))
+    except TrainingDiverged as e:
+        conn.send(("error", "diverged", str(e)))
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        conn.send(("error", "oom", _first_line(e)))
+    except MFHAError as e:
+        conn.send(("error", "config", str(e)))
+    except RuntimeError as e:
+        # allocator failures that torch does not raise as OutOfMemoryError (e.g. "can't allocate memory")
+        kind = "oom" if "alloc" in str(e).lower() or "out of memory" in str(e).lower() else "crash"
+        conn.send(("error", kind, _first_line(e) if kind == "oom" else _tail(e)))
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which records the trial as FAIL
+        conn.send(("error", "crash", _tail(e)))
+    finally:
+        conn.close()
+
+
+def _train(conn: Connection, request: dict[str, Any]) -> tuple:
+    torch.set_num_threads(request["threads"])
+    mc = ModelConfig.from_dict(request["model_config"])
+    tc = TrainConfig.from_dict(request["train_config"])
+    data = load_data(tc, cache_dir=request["cache_dir"])
+    gpu_limit = request.get("gpu_limit")
+    if gpu_limit is not None and torch.cuda.is_available() and tc.device in ("cuda", "auto"):
+        total = torch.cuda.get_device_properties(0).total_memory
+        # the caching allocator refuses beyond this share: an over-limit trial gets an OOM error, not the GPU
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_limit / total))
+
+    def on_eval(step: int, metrics: dict) -> bool:
+        conn.send(("eval", step, metrics))
+        return conn.recv() == "stop"
+
+    t0 = time.perf_counter()
+    result = train(mc, tc, data=data, on_eval=on_eval)
+    train_s = time.perf_counter() - t0
+    return ("done", {
+        "history": result.history, "steps": result.steps, "stopped_early": result.stopped_early,
+        "train_s": train_s, "model_config": result.model_config.to_dict(),
+    })
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _tail(e: BaseException) -> str:
+    lines = traceback.format_exception(e)
+    return "".join(lines[-3:]).strip()
+
+
+__all__ = ["run_trial"]

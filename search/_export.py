@@ -1,0 +1,181 @@
+"""Reading results back: export a trial for full training, show the top trials, list the studies."""
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from difflib import get_close_matches
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mfha.config import ModelConfig, TrainConfig
+from mfha.errors import ConfigError
+from search._storage import make_storage, mask_url
+
+# [full_training] keys that do not change what `max_steps` steps of training compute
+NEUTRAL_FOR_CHECK = ("max_steps", "eval_interval")
+
+
+@dataclass
+class Exported:
+    folder: Path
+    trial_number: int
+    value: float | None
+    command: str  # full training, as the study file's [full_training] says
+    check_command: str  # the trial's own training, to reproduce its val_bpc first
+
+
+def open_study(storage_url: str, name: str) -> optuna.Study:
+    storage = make_storage(storage_url, heartbeat_interval=None, create=False)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        near = get_close_matches(name, names, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else (f"stored: {', '.join(sorted(names))}." if names else "it holds no study yet.")
+        raise ConfigError(f"--study {name!r} is not in {mask_url(storage_url)}; {hint}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials, best (lowest val_bpc) first."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: (t.value, t.number))
+
+
+def export_trials(storage_url: str, name: str, out: str | Path, *, trial: int | None = None, top: int | None = None,
+                  runs: str | Path = "runs") -> list[Exported]:
+    """Write model_config.json, train_config.json (full-training length), tokenizer settings and trial.json."""
+    if trial is not None and top is not None:
+        raise ConfigError("pass --trial N or --top K, not both.")
+    if top is not None and top < 1:
+        raise ConfigError(f"--top must be a positive integer, but got {top=}.")
+    study = open_study(storage_url, name)
+    out = Path(out)
+    if trial is not None:
+        found = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
+        if not found:
+            raise ConfigError(f"--trial {trial} is not in study {name!r}, which has trials 0..{len(study.trials) - 1}.")
+        if "model_config" not in found[0].user_attrs:
+            raise ConfigError(f"--trial {trial} never got a configuration (state {found[0].state.name}, {found[0].user_attrs.get('prune_reason', 'no reason')}); pick another trial.")
+        picks = [(out, found[0])]
+    else:
+        best = ranked(study)
+        if not best:
+            raise ConfigError(f"study {name!r} has no COMPLETE trial to export yet; run it longer or pass --trial N.")
+        if top is None:
+            picks = [(out, best[0])]
+        else:
+            picks = [(out / f"rank{i + 1}-trial{t.number}", t) for i, t in enumerate(best[:top])]
+    return [_export_one(study, t, folder, Path(runs)) for folder, t in picks]
+
+
+def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path) -> Exported:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create --out folder {str(folder)!r}: {e.strerror}.") from None
+    mc = ModelConfig.from_dict(t.user_attrs["model_config"])
+    tc = TrainConfig.from_dict(t.user_attrs["train_config"])
+    full_overrides = study.user_attrs.get("full_training", {})
+    full = TrainConfig.from_dict({**tc.to_dict(), **full_overrides})
+    mc.save(folder / "model_config.json")
+    full.save(folder / "train_config.json")
+    tc.save(folder / "trial_train_config.json")
+    settings = {
+        "kind": "character" if tc.tokenizer_vocab is None else "bpe",
+        "tokenizer_vocab": tc.tokenizer_vocab, "vocab_size": mc.vocab_size, "dataset": tc.dataset,
+        "text_column": tc.text_column, "max_train_stories": tc.max_train_stories, "max_train_tokens": tc.max_train_tokens,
+        "note": "mfha.train retrains this tokenizer from the same slice (deterministic; cached)",
+    }
+    (folder / "tokenizer_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    record = {
+        "study": study.study_name, "number": t.number, "state": t.state.name, "value": t.value,
+        "params": t.params, "user_attrs": t.user_attrs,
+        "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+        "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+        "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        "duration_s": t.duration.total_seconds() if t.duration else None,
+        "full_training": full_overrides,
+    }
+    (folder / "trial.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    run_name = folder.name if folder.name else "export"
+    q = lambda p: shlex.quote(str(p))  # noqa: E731
+    command = f"python -m mfha.train --from {q(folder)} --out {q(runs / run_name)}"
+    same = all(getattr(full, k) == getattr(tc, k) for k in tc.to_dict() if k not in NEUTRAL_FOR_CHECK)
+    steps = t.user_attrs.get("steps") or tc.max_steps
+    if same:
+        check = f"python -m mfha.train --from {q(folder)} --max-steps {steps} --out {q(runs / (run_name + '-check'))}"
+    else:
+        check = (f"python -m mfha.train --model-config {q(folder / 'model_config.json')} "
+                 f"--train-config {q(folder / 'trial_train_config.json')} --out {q(runs / (run_name + '-check'))}")
+    return Exported(folder, t.number, t.value, command, check)
+
+
+COLUMNS = ["number", "state", "val_bpc", "n_params", "n_layers", "dim", "heads", "family", "mlp_mult", "lr",
+           "batch_size", "tokens_per_s", "peak_mem_mib", "forecast_peak_mib", "duration_s", "reason"]
+
+
+def trials_frame(study: optuna.Study):
+    """One row per trial, the columns a person compares trials by."""
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a, p = t.user_attrs, t.params
+        last = t.intermediate_values[t.last_step] if t.last_step is not None else None
+        rows.append({
+            "number": t.number, "state": t.state.name,
+            "val_bpc": t.value if t.state == TrialState.COMPLETE else last,
+            "n_params": a.get("n_params"), "n_layers": p.get("n_layers"), "dim": p.get("dim"),
+            "heads": a.get("heads"), "family": a.get("family"), "mlp_mult": p.get("mlp_mult", (a.get("model_config") or {}).get("mlp_mult")),
+            "lr": p.get("lr", (a.get("train_config") or {}).get("lr")),
+            "batch_size": p.get("batch_size", (a.get("train_config") or {}).get("batch_size")),
+            "tokens_per_s": a.get("tokens_per_s"), "peak_mem_mib": a.get("peak_mem_mib"),
+            "forecast_peak_mib": a.get("forecast_peak_mib"),
+            "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
+            "reason": a.get("prune_reason") or a.get("fail_reason") or (f"same as trial {a['reused_from']}" if "reused_from" in a else ""),
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def show(storage_url: str, name: str, *, top: int = 10, csv: str | Path | None = None) -> str:
+    """The top `top` trials (COMPLETE by val_bpc, then the rest by number) as text; --csv gets every trial."""
+    import pandas as pd
+
+    if top < 1:
+        raise ConfigError(f"--top must be a positive integer, but got {top=}.")
+    study = open_study(storage_url, name)
+    df = trials_frame(study)
+    if csv is not None:
+        try:
+            df.to_csv(csv, index=False)
+        except OSError as e:
+            raise ConfigError(f"cannot write --csv {str(csv)!r}: {e.strerror}.") from None
+    if df.empty:
+        return f"study {name!r} has no trials yet."
+    order = df.assign(_done=df["state"] != "COMPLETE").sort_values(["_done", "val_bpc", "number"], na_position="last")
+    table = order.drop(columns="_done").head(top)
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 48):
+        return table.to_string(index=False, float_format=lambda x: f"{x:.4g}")
+
+
+def studies_frame(storage_url: str):
+    import pandas as pd
+
+    storage = make_storage(storage_url, heartbeat_interval=None, create=False)
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        best = summary.best_trial
+        rows.append({
+            "study": summary.study_name, "trials": len(states),
+            **{s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)},
+            "best_val_bpc": best.value if best else None, "best_trial": best.number if best else None,
+            "started": summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else None,
+        })
+    return pd.DataFrame(rows)
+
+
+__all__ = ["export_trials", "show", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"]

@@ -1,0 +1,282 @@
+"""The objective: a trial's configuration from the space, a memory check, then training in a child.
+
+Each trial trains in its own process, forked from a forkserver that has torch and mfha imported
+already (so start-up costs milliseconds). The study process reports each evaluation to Optuna,
+answers the child's "continue?" with the pruner's verdict, and watches the child's RSS against the
+limit; a crossing, an out-of-memory error or a crash ends that trial only, never the study.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+import psutil
+from optuna.trial import FrozenTrial, TrialState
+
+from mfha.config import ModelConfig, TrainConfig
+from mfha.errors import MFHAError
+from mfha.memory import estimate_training_peak
+from search._child import run_trial
+from search._dashboard import upload_trial_artifacts, write_trial_files
+from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
+from search._space import Candidate, Infeasible, SearchSpace
+from search._study_file import StudyConfig
+
+CHILD_MODULE = "search._child"
+JOIN_TIMEOUT_S = 10.0
+
+
+class TrialFailed(MFHAError):
+    """A trial's process crashed or hit a config error; the trial is FAIL and the study goes on."""
+
+
+class Progress(Protocol):
+    def trial_started(self, number: int, steps: int, label: str) -> None: ...
+    def trial_eval(self, step: int, metrics: dict) -> None: ...
+
+
+@dataclass
+class TrialSettings:
+    """What every trial of one run shares (nothing global)."""
+
+    cache_dir: Path
+    threads: int
+    device: str  # "cpu" or "cuda": where trials train
+    ram_limit: int  # bytes, the whole trial process (RSS)
+    gpu_limit: int | None = None  # bytes of torch.cuda memory, CUDA only
+    baseline_bytes: int | None = None  # the framework's RSS, for the CPU forecast
+    artifacts: Any = None  # an optuna ArtifactStore, or None for no uploads
+    scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    watch_interval_s: float = 0.05
+
+
+def start_forkserver() -> None:
+    """Start the forkserver with torch and mfha imported; call early so that work overlaps other start-up."""
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload([CHILD_MODULE])
+    forkserver.ensure_running()
+
+
+def config_key(model_config: ModelConfig, train_config: TrainConfig) -> str:
+    blob = json.dumps({"model": model_config.to_dict(), "train": train_config.to_dict()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class Objective:
+    """Callable for `study.optimize`: returns the final validation bits/char of one trial."""
+
+    def __init__(self, config: StudyConfig, space: SearchSpace, pruner: MemoryAwarePruner, settings: TrialSettings,
+                 *, progress: Progress | None = None) -> None:
+        self.config = config
+        self.space = space
+        self.pruner = pruner
+        self.settings = settings
+        self.progress = progress
+        self.children_started = 0
+        self.current_trial_id: int | None = None  # the trial in hand, so an interrupted run can close it
+        self.current_trial_number: int | None = None
+        self.overhead_s = 0.0  # time in this process per trial outside the child's training, summed
+        self.train_s = 0.0
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload([CHILD_MODULE])  # no effect once start_forkserver() has run
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.current_trial_id = trial._trial_id
+        self.current_trial_number = trial.number
+        self._train_s = 0.0
+        t0 = time.perf_counter()
+        try:
+            return self._run(trial)
+        finally:
+            self.train_s += self._train_s
+            self.overhead_s += time.perf_counter() - t0 - self._train_s
+
+    def _run(self, trial: optuna.Trial) -> float:
+        try:
+            cand = self.space.suggest(trial)
+        except Infeasible as e:
+            _set_attrs(trial, wasted=True, allocated=False, prune_kind="infeasible", prune_reason=f"infeasible: {e}")
+            raise optuna.TrialPruned(f"infeasible: {e}") from None
+        mc, tc = cand.model_config, cand.train_config
+        key = config_key(mc, tc)
+        earlier = _find_same(trial.study, key)
+        if earlier is not None:
+            return self._reuse(trial, earlier)
+        forecast = estimate_training_peak(mc, tc, self.settings.device, baseline_bytes=self.settings.baseline_bytes)
+        _set_attrs(trial, **cand.attrs, config_key=key, model_config=mc.to_dict(), train_config=tc.to_dict(),
+                   **{FORECAST_ATTR: round(forecast / MIB, 1)})
+        # the composed pruner sees the forecast before anything is allocated
+        if trial.should_prune():
+            reason = self.pruner.forecast_verdict(forecast / MIB) or "pruned before allocation"
+            _set_attrs(trial, allocated=False, prune_kind="memory_forecast", prune_reason=reason)
+            self._upload(trial, mc, tc, None)
+            raise optuna.TrialPruned(reason)
+        return self._train_in_child(trial, cand)
+
+    def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> float:
+        for step, v in sorted(earlier.intermediate_values.items()):
+            trial.report(v, step)
+        keep = {k: v for k, v in earlier.user_attrs.items() if k not in ("reused_from",)}
+        _set_attrs(trial, **keep, reused_from=earlier.number)
+        if earlier.state == TrialState.COMPLETE:
+            return earlier.value
+        reason = f"same configuration as trial {earlier.number}: {earlier.user_attrs.get('prune_reason', 'pruned')}"
+        trial.set_user_attr("prune_reason", reason)
+        raise optuna.TrialPruned(reason)
+
+    def _train_in_child(self, trial: optuna.Trial, cand: Candidate) -> float:
+        mc, tc = cand.model_config, cand.train_config
+        s = self.settings
+        request = {
+            "model_config": mc.to_dict(), "train_config": tc.to_dict(), "cache_dir": str(s.cache_dir),
+            "threads": s.threads, "gpu_limit": s.gpu_limit,
+        }
+        if self.progress is not None:
+            self.progress.trial_started(trial.number, tc.max_steps, f"{cand.attrs['heads']} ({cand.attrs['n_params']:,} params)")
+        parent_conn, child_conn = self._ctx.Pipe()
+        proc = self._ctx.Process(target=run_trial, args=(child_conn, request), daemon=True, name=f"mfha-trial-{trial.number}")
+        trial.set_user_attr("allocated", True)
+        proc.start()
+        self.children_started += 1
+        child_conn.close()
+        history: list[dict] = []
+        peak_rss, last_step = 0, None
+        loss_reason: str | None = None
+        outcome: tuple = ("died",)
+        try:
+            watcher = psutil.Process(proc.pid)
+            while True:
+                ready = parent_conn.poll(s.watch_interval_s)
+                rss = _rss(watcher)
+                peak_rss = max(peak_rss, rss)
+                verdict = self._memory_verdict(rss, last_step)
+                if verdict is not None:
+                    _kill(proc)
+                    outcome = ("memory", verdict)
+                    break
+                if not ready:
+                    if not proc.is_alive() and not parent_conn.poll(0):
+                        break
+                    continue
+                try:
+                    msg = parent_conn.recv()
+                except EOFError:
+                    break
+                if msg[0] == "eval":
+                    _, step, metrics = msg
+                    last_step = step
+                    history.append(metrics)
+                    trial.report(metrics["val_bpc"], step)
+                    stop = trial.should_prune()
+                    parent_conn.send("stop" if stop else "continue")
+                    if stop:
+                        loss_reason = self.pruner.loss_reason(trial.study, trial.number, step, metrics["val_bpc"])
+                    if self.progress is not None:
+                        self.progress.trial_eval(step, metrics)
+                else:
+                    outcome = msg
+                    break
+        except BaseException:
+            # Ctrl-C / SIGTERM / a storage error: the child must not outlive the trial it belongs to
+            _kill(proc)
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        finally:
+            proc.join(JOIN_TIMEOUT_S)
+            if proc.is_alive():
+                _kill(proc)
+            parent_conn.close()
+        return self._finish(trial, cand, outcome, history, peak_rss, loss_reason, proc.exitcode)
+
+    def _memory_verdict(self, rss: int, step: int | None) -> str | None:
+        """The RAM limit holds for the trial process on every device (on CUDA the child enforces the GPU's)."""
+        if self.settings.device == "cpu":
+            return self.pruner.measured_verdict(rss, step)
+        return self.pruner.measured_verdict(rss, step, limit=self.settings.ram_limit, name="RAM")
+
+    def _finish(self, trial: optuna.Trial, cand: Candidate, outcome: tuple, history: list[dict],
+                peak_rss: int, loss_reason: str | None, exitcode: int | None) -> float:
+        mc, tc = cand.model_config, cand.train_config
+        result = outcome[1] if outcome[0] == "done" else {}
+        train_s = self._train_s = result.get("train_s", 0.0)
+        last = history[-1] if history else {}
+        if self.settings.device == "cpu":
+            peak = max(peak_rss, int(last.get("peak_mem_bytes", 0)))
+        else:
+            peak = int(last.get("peak_mem_bytes", 0))
+        final = {"peak_mem_mib": round(peak / MIB, 1), "steps": last.get("step", 0)}
+        if last:
+            final["tokens_per_s"] = round(last["tokens_per_s"], 1)
+        if train_s:
+            final["train_s"] = round(train_s, 3)
+        self._upload(trial, ModelConfig.from_dict(result["model_config"]) if result else mc, tc, history)
+
+        kind, reason = None, None
+        if outcome[0] == "done" and loss_reason is not None:
+            kind, reason = "loss", loss_reason
+        elif outcome[0] == "memory":
+            kind, reason = "memory_measured", outcome[1]
+        elif outcome[0] == "error" and outcome[1] in ("oom", "diverged"):
+            kind = outcome[1]
+            reason = f"{'out of memory' if kind == 'oom' else 'diverged'}: {outcome[2]}"
+        elif outcome[0] == "died" and exitcode == -signal.SIGKILL:
+            kind, reason = "oom", f"out of memory: the trial process was killed (SIGKILL, likely the kernel's OOM killer) after step {final['steps']}"
+        if reason is not None:
+            _set_attrs(trial, **final, prune_kind=kind, prune_reason=reason)
+            raise optuna.TrialPruned(reason)
+        if outcome[0] != "done" or not history:
+            why = outcome[2] if outcome[0] == "error" else f"the trial process exited with code {exitcode} without a result"
+            _set_attrs(trial, **final, fail_reason=why)
+            raise TrialFailed(f"trial {trial.number} failed: {why}")
+        _set_attrs(trial, **final)
+        return float(history[-1]["val_bpc"])
+
+    def _upload(self, trial: optuna.Trial, mc: ModelConfig, tc: TrainConfig, history: list[dict] | None) -> None:
+        if self.settings.artifacts is None:
+            return
+        folder = Path(tempfile.mkdtemp(prefix=f"trial-{trial.number}-", dir=self.settings.scratch))
+        try:
+            title = f"{self.config.name} trial {trial.number}: {mc.describe_heads()}"
+            upload_trial_artifacts(self.settings.artifacts, trial, write_trial_files(folder, mc, tc, history, title))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _find_same(study: optuna.Study, key: str) -> FrozenTrial | None:
+    """The earliest finished trial that trained (or pruned) exactly this configuration."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.user_attrs.get("config_key") == key and "reused_from" not in t.user_attrs:
+            return t
+    return None
+
+
+def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+
+
+def _rss(p: psutil.Process) -> int:
+    try:
+        return p.memory_info().rss
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return 0
+
+
+def _kill(proc: multiprocessing.process.BaseProcess) -> None:
+    if proc.pid is not None and proc.is_alive():
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.join(JOIN_TIMEOUT_S)
+
+
+__all__ = ["Objective", "TrialSettings", "TrialFailed", "config_key", "Progress", "start_forkserver"]

@@ -1,0 +1,354 @@
+"""Running a study: data and limits resolved once, the study created or resumed, trials until the
+study holds `n_trials` finished trials (COMPLETE + PRUNED), a progress bar, clean interrupts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+import psutil
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from mfha.errors import ConfigError, MFHAError
+from search._dashboard import artifact_store, save_study_note, study_note
+from search._objective import Objective, TrialFailed, TrialSettings
+from search._pruners import MemoryAwarePruner, fmt_bytes, make_loss_pruner
+from search._space import MAX_WASTED_SHARE, SearchSpace
+from search._storage import default_artifacts_dir, make_storage, mask_url
+from search._study_file import StudyConfig
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_FAILS_IN_A_ROW = 5
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT would raise KeyboardInterrupt, so both end a trial the same way."""
+
+
+@dataclass
+class RunSummary:
+    study_name: str
+    storage: str  # masked
+    counts: dict[str, int]
+    best_value: float | None
+    best_number: int | None
+    wall_s: float
+    new_trials: int
+    interrupted: bool = False
+    overhead_s: float = 0.0  # time outside the children's training, summed over this run's trials
+    train_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def line(self) -> str:
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in self.counts.items() if n)
+        best = f"best val_bpc {self.best_value:.4f} (trial {self.best_number})" if self.best_value is not None else "no complete trial yet"
+        return f"study {self.study_name!r}: {counts}; {best}; {self.new_trials} new trials in {self.wall_s:.0f} s"
+
+
+@dataclass
+class Prepared:
+    """A study's resolved pieces: vocabulary sizes, the space, limits and the pruner."""
+
+    config: StudyConfig
+    space: SearchSpace
+    vocab_sizes: dict
+    device: str
+    ram_limit: int
+    gpu_limit: int | None
+    baseline_bytes: int | None
+    pruner: MemoryAwarePruner
+    cache_dir: Path
+
+
+def prepare(config: StudyConfig, *, workers: int = 1, cache_dir: str | Path | None = None) -> Prepared:
+    """Everything a run needs before its first trial; each user mistake is one ConfigError line."""
+    from mfha.data import default_cache_dir, load_data
+    from mfha.memory import estimate_training_peak, framework_baseline_bytes
+
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    vocab_sizes = {}
+    for v in config.vocab_choices:
+        # one load per vocabulary fills the cache every trial reads from in milliseconds
+        vocab_sizes[v] = load_data(config.train_config(tokenizer_vocab=v), cache_dir=cache).tokenizer.vocab_size
+        if v is not None and vocab_sizes[v] < v // 2:
+            raise ConfigError(
+                f"data.tokenizer_vocab={v} is more than the training slice supports (the tokenizer stopped at "
+                f"{vocab_sizes[v]} tokens); lower data.tokenizer_vocab or raise data.max_train_stories, but got data.tokenizer_vocab={v}."
+            )
+    space = SearchSpace(config, vocab_sizes)
+    space.check_budget()
+    share, example = space.infeasible_share()
+    if share > MAX_WASTED_SHARE:
+        raise ConfigError(
+            f"{share:.0%} of the space cannot meet budget.params={config.budget_params:,} ± {config.budget_tolerance:.0%} "
+            f"(at most {MAX_WASTED_SHARE:.0%} may be wasted), e.g. {example}; widen budget.tolerance or space.width/space.depth, "
+            f"or drop the head choices that do not fit."
+        )
+    device = _resolve_device(config.train_config().device)
+    p = config.pruning
+    ram_limit = _resolve_ram_limit(p.ram_limit, p.ram_auto_share, workers)
+    gpu_limit = _resolve_gpu_limit(p.gpu_memory_limit, p.ram_auto_share, workers) if device == "cuda" else None
+    baseline = framework_baseline_bytes() if device == "cpu" else None
+    memory_limit = ram_limit if device == "cpu" else gpu_limit
+    if memory_limit is not None:
+        smallest = _smallest_forecast(space, device, baseline, estimate_training_peak)
+        if smallest is not None and smallest > memory_limit:
+            key = "pruning.ram_limit" if device == "cpu" else "pruning.gpu_memory_limit"
+            raise ConfigError(
+                f"{key}={fmt_bytes(memory_limit)} is below the smallest model in the space (forecast "
+                f"{fmt_bytes(smallest)}{', framework ' + fmt_bytes(baseline) if baseline else ''}); raise {key} or shrink the space/batch."
+            )
+    pruner = MemoryAwarePruner(
+        make_loss_pruner(p, max_steps=config.steps, eval_interval=config.eval_interval),
+        memory_limit=memory_limit, kind=p.pruner, memory_name="RAM" if device == "cpu" else "GPU memory",
+    )
+    return Prepared(config, space, vocab_sizes, device, ram_limit, gpu_limit, baseline, pruner, cache)
+
+
+def run_study(config: StudyConfig, *, artifacts: str | Path | None = None, progress: bool = True,
+              workers: int = 1, threads: int | None = None, cache_dir: str | Path | None = None,
+              log=None) -> RunSummary:
+    """Run (or resume) the study until it holds config.n_trials finished trials or config.timeout_s passes."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    with _quiet_optuna():
+        return _run_study(config, artifacts=artifacts, progress=progress, workers=workers, threads=threads,
+                          cache_dir=cache_dir, log=log)
+
+
+def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, cache_dir, log) -> RunSummary:
+    from search._objective import start_forkserver
+
+    t_start = time.perf_counter()
+    start_forkserver()  # its imports overlap the data and baseline work below
+    storage = make_storage(config.storage)
+    prep = prepare(config, workers=workers, cache_dir=cache_dir)
+    t_prepared = time.perf_counter()
+    study = optuna.create_study(
+        study_name=config.name, storage=storage, sampler=prep.space.make_sampler(parallel=workers > 1),
+        pruner=prep.pruner, direction="minimize", load_if_exists=True,
+    )
+    if study.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise ConfigError(f"study {config.name!r} in {mask_url(config.storage)} maximizes; pick another study.name.")
+    study.set_user_attr("study_file", _masked_raw(config))
+    study.set_user_attr("full_training", config.full_training)
+    study.set_user_attr("vocab_sizes", {("char" if k is None else str(k)): v for k, v in prep.vocab_sizes.items()})
+    save_study_note(study, study_note(config, vocab_sizes=prep.vocab_sizes, memory_limit=prep.pruner.memory_limit,
+                                      memory_name=prep.pruner.memory_name, storage_url=config.storage))
+    folder = Path(artifacts) if artifacts is not None else default_artifacts_dir(config.storage)
+    store = artifact_store(folder)
+    scratch = folder.parent / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    n_cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    settings = TrialSettings(
+        cache_dir=prep.cache_dir, threads=threads or config.threads or max(1, n_cpu // workers), device=prep.device,
+        ram_limit=prep.ram_limit, gpu_limit=prep.gpu_limit, baseline_bytes=prep.baseline_bytes,
+        artifacts=store, scratch=scratch, watch_interval_s=config.pruning.watch_interval_s,
+    )
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    total = config.n_trials
+    log(
+        f"study {config.name!r} in {mask_url(config.storage)}: {finished} finished trials"
+        + (f" of {total}" if total else "") + f"; device {prep.device}, {prep.pruner.memory_name} limit "
+        f"{fmt_bytes(prep.pruner.memory_limit) if prep.pruner.memory_limit else 'none'}, budget {config.band[0]:,}..{config.band[1]:,} params"
+    )
+    bars = _Bars(config.name, total, finished, enabled=progress, log=log)
+    objective = Objective(config, prep.space, prep.pruner, settings, progress=bars)
+    fails = _FailGuard()
+    summary_counts_before = len(study.get_trials(deepcopy=False))
+    interrupted = False
+    if total is None or finished < total:
+        callbacks = [bars.after_trial, fails]
+        if total is not None:
+            callbacks.append(MaxTrialsCallback(total, states=FINISHED))
+        try:
+            with _sigterm_as_interrupt():
+                study.optimize(objective, timeout=config.timeout_s, catch=(TrialFailed,), callbacks=callbacks)
+        except KeyboardInterrupt:
+            interrupted = True
+            _close_interrupted(study, storage, objective)
+        finally:
+            bars.close()
+    if fails.message is not None and not interrupted:
+        raise MFHAError(fails.message)
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    best = _best(study)
+    return RunSummary(
+        config.name, mask_url(config.storage), {s.name: counts.get(s.name, 0) for s in TrialState},
+        best.value if best else None, best.number if best else None, time.perf_counter() - t_start,
+        len(trials) - summary_counts_before, interrupted, objective.overhead_s, objective.train_s,
+        {"prepare_s": t_prepared - t_start},
+    )
+
+
+def _masked_raw(config: StudyConfig) -> dict:
+    """The study file as parsed, its storage URL without a password (the dashboard shows it)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in config.raw.items()}
+    if "storage" in raw.get("study", {}):
+        raw["study"]["storage"] = mask_url(raw["study"]["storage"])
+    return raw
+
+
+def _best(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def _close_interrupted(study: optuna.Study, storage, objective: Objective) -> None:
+    """No trial of ours stays RUNNING, and the interrupted configuration is tried first next time."""
+    tid = objective.current_trial_id
+    if tid is None:
+        return
+    trial = storage.get_trial(tid)
+    if trial.state == TrialState.RUNNING:
+        storage.set_trial_user_attr(tid, "fail_reason", "interrupted")
+        storage.set_trial_state_values(tid, TrialState.FAIL)
+        trial = storage.get_trial(tid)
+    if trial.state == TrialState.FAIL and trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=True)
+
+
+class _FailGuard:
+    """Stops the study after MAX_FAILS_IN_A_ROW failed trials: the same error would repeat forever."""
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+        self.message: str | None = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.in_a_row >= MAX_FAILS_IN_A_ROW:
+            self.message = (f"{self.in_a_row} trials in a row failed, the last one because: "
+                            f"{trial.user_attrs.get('fail_reason', 'unknown')}; fix that and rerun to resume.")
+            study.stop()
+
+
+class _Bars:
+    """A bar over trials and one over the running trial's steps; a line per finished trial."""
+
+    def __init__(self, name: str, total: int | None, initial: int, *, enabled: bool, log) -> None:
+        self.enabled = enabled
+        self.log = log
+        self.trials = self.steps = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.trials = tqdm(total=total, initial=initial, desc=name, unit="trial", position=0, dynamic_ncols=True, file=sys.stderr)
+            self.steps = tqdm(total=1, desc="trial", unit="step", position=1, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def trial_started(self, number: int, steps: int, label: str) -> None:
+        if self.steps is not None:
+            self.steps.reset(total=steps)
+            self.steps.set_description(f"trial {number}: {label}")
+
+    def trial_eval(self, step: int, metrics: dict) -> None:
+        if self.steps is not None:
+            self.steps.update(step - self.steps.n)
+            self.steps.set_postfix(val_bpc=f"{metrics['val_bpc']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        a = trial.user_attrs
+        what = f"val_bpc {trial.value:.4f}" if trial.state == TrialState.COMPLETE else a.get("prune_reason") or a.get("fail_reason", "")
+        desc = f"{a['heads']} ({a['n_params']:,} params)" if "heads" in a else ""
+        secs = trial.duration.total_seconds() if trial.duration else 0.0
+        line = f"trial {trial.number} {trial.state.name.lower()} in {secs:.1f} s: {desc} {what}".replace("  ", " ")
+        if self.trials is not None:
+            self.trials.write(line, file=sys.stderr)
+            if trial.state in FINISHED:
+                self.trials.update(1)
+            best = _best(study)
+            if best is not None:
+                self.trials.set_postfix(best=f"{best.value:.4f}")
+        else:
+            self.log(line)
+
+    def close(self) -> None:
+        for bar in (self.steps, self.trials):
+            if bar is not None:
+                bar.close()
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Our own line per trial replaces Optuna's (which would repeat a FAIL's traceback)."""
+    old = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(old)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum, frame):
+        raise Interrupted()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device is 'cuda' but no CUDA device is available; set training.device = \"cpu\" or \"auto\".")
+    return device
+
+
+def _resolve_ram_limit(value: int | str, share: float, workers: int) -> int:
+    if value == "auto":
+        # the workers on this machine share what is available now
+        return int(psutil.virtual_memory().available * share / workers)
+    return int(value)
+
+
+def _resolve_gpu_limit(value: int | str | None, share: float, workers: int) -> int | None:
+    if value is None:
+        return None
+    if value == "auto":
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory * share / workers)
+    return int(value)
+
+
+def _smallest_forecast(space: SearchSpace, device: str, baseline: int | None, estimate) -> int | None:
+    """The lowest forecast peak over random points of the space at its smallest batch size."""
+    rng = random.Random(0)
+    batch = min(space.space.batch_size)
+    best = None
+    for _ in range(64):
+        cand = space.draw(rng, batch_size=batch)
+        if cand is not None:
+            f = estimate(cand.model_config, cand.train_config, device, baseline_bytes=baseline)
+            best = f if best is None else min(best, f)
+    return best
+
+
+__all__ = ["run_study", "prepare", "RunSummary", "Prepared", "Interrupted"]

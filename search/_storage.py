@@ -1,0 +1,125 @@
+"""Storage made in one place from a URL: SQLite by default, any SQLAlchemy URL (PostgreSQL, MySQL).
+
+Every log line and error shows the URL through `mask_url`, so a password never leaves this module.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from mfha.errors import ConfigError
+from search._study_file import DEFAULT_STORAGE
+
+HEARTBEAT_INTERVAL_S = 30
+GRACE_PERIOD_S = 90  # three missed heartbeats: a trial this stale belongs to a dead worker
+MAX_RETRY = 2
+SQLITE_BUSY_TIMEOUT_S = 60
+DEFAULT_ARTIFACTS = Path("storage/artifacts")
+URL_EXAMPLE = "sqlite:///storage/mfha.db or postgresql+psycopg://USER:PASS@HOST/DB"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, also for strings SQLAlchemy cannot parse."""
+    text = str(url)
+    if "://" in text:
+        return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    # not a URL at all (a missing "//", say): still hide anything shaped like user:password@
+    return re.sub(r"(^|[/\s])([^:/@\s]*):([^@\s]*)@", r"\1\2:***@", text)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a sqlite URL (None for in-memory or other databases)."""
+    m = re.fullmatch(r"sqlite(?:\+\w+)?:///(.*)", url)
+    if not m or m.group(1) in ("", ":memory:"):
+        return None
+    return Path(m.group(1).split("?")[0])
+
+
+def default_artifacts_dir(url: str) -> Path:
+    """Artifacts live beside a SQLite file (storage/artifacts for the default); elsewhere in storage/artifacts."""
+    db = sqlite_path(url)
+    return db.parent / "artifacts" if db is not None else DEFAULT_ARTIFACTS
+
+
+def make_storage(
+    url: str | None = None, *, flag: str = "--storage", heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+    grace_period: int | None = GRACE_PERIOD_S, max_retry: int = MAX_RETRY, create: bool = True,
+) -> RDBStorage:
+    """An RDBStorage for `url` with a heartbeat, and stale trials (a dead worker's) retried.
+
+    `create=False` is for readers (show, export, dashboard): a missing SQLite file is then an error
+    rather than a new empty database.
+    """
+    url = url or DEFAULT_STORAGE
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"{flag} must be an SQLAlchemy URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}.")
+    db = sqlite_path(url)
+    if db is not None:
+        _prepare_sqlite_file(db, flag, create)
+    import sqlalchemy.exc
+
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if db is not None else {}
+    try:
+        with warnings.catch_warnings():
+            # the heartbeat and its retry callback are flagged experimental in Optuna 5; they are its
+            # documented way to recover a dead worker's trials
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+            storage = RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period if heartbeat_interval else None, heartbeat_stale_trial_callback=callback,
+            )
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ConfigError(f"{flag} names a database driver SQLAlchemy does not know; use a URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}.") from None
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(f"{flag} must be an SQLAlchemy URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}.") from None
+    except ImportError as e:
+        raise ConfigError(f"{flag}={mask_url(url)!r} needs a database driver that is not installed ({_first_line(e)}); for PostgreSQL: pip install 'psycopg[binary]'.") from None
+    except sqlalchemy.exc.OperationalError as e:
+        raise ConfigError(f"cannot reach the database {flag}={mask_url(url)!r}: {mask_url(_first_line(e.orig or e))}.") from None
+    if db is not None:
+        _tune_sqlite(storage)
+    return storage
+
+
+def _prepare_sqlite_file(db: Path, flag: str, create: bool) -> None:
+    if not create:
+        if not db.is_file():
+            raise ConfigError(f"{flag} points at {str(db)!r}, which does not exist; run a study first or pass the URL it used.")
+        return
+    folder = db.parent if str(db.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the storage folder {str(folder)!r} for {flag}: {e.strerror}.") from None
+    if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise ConfigError(f"the storage folder {str(folder)!r} is not writable; pass {flag} with a URL in a folder you can write.")
+
+
+def _tune_sqlite(storage: RDBStorage) -> None:
+    """WAL with synchronous=NORMAL: a commit without an fsync, so a trial's dozens of small writes
+    cost milliseconds, not one fsync each; readers (the dashboard) never block the writer.
+    """
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened during setup predate the listener
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+__all__ = ["make_storage", "mask_url", "sqlite_path", "default_artifacts_dir", "HEARTBEAT_INTERVAL_S", "GRACE_PERIOD_S"]

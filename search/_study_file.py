@@ -1,0 +1,541 @@
+"""Study files: TOML describing one search, parsed into a validated `StudyConfig`.
+
+Every rule raises `ConfigError` with one line naming the key (`space.depth`, `pruning.ram_limit`)
+and, for an unknown key, the nearest valid one. Ranges are tables (`{min = 1, max = 4}`), choices
+are lists (`[16, 32]`); a bare scalar is a fixed value.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any
+
+from mfha.config import ModelConfig, TrainConfig
+from mfha.errors import ConfigError
+from mfha.heads import HEAD_FAMILIES, HeadSpec
+
+DEFAULT_STORAGE = "sqlite:///storage/mfha.db"
+HEAD_MIXES = ("shared", "per_layer")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none")
+SAMPLERS = ("tpe", "random")
+
+# [data] maps onto these TrainConfig fields; [training] may set any other TrainConfig field.
+DATA_KEYS = ("dataset", "text_column", "max_train_stories", "max_train_tokens", "max_val_stories", "tokenizer_vocab")
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+TRAINING_KEYS = tuple(k for k in TRAIN_FIELDS if k not in DATA_KEYS)
+# [full_training] changes how long the exported model trains, nothing that would change the model it
+# trains, so the trial's own result stays reproducible from the export with --max-steps.
+FULL_TRAINING_KEYS = ("max_steps", "max_time_s", "eval_interval", "device", "compile")
+MODEL_KEYS = ("max_seq_len", "kv_share", "rope_base", "norm_eps", "init_std")
+
+FAMILY_KEYS: dict[str, tuple[str, ...]] = {
+    "uniform": ("n", "size"),
+    "fractal": ("base", "levels", "split"),
+    "geometric": ("largest", "levels", "count", "ratio"),
+    "explicit": ("sizes",),
+}
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "study": ("name", "description", "n_trials", "timeout_s", "storage"),
+    "data": DATA_KEYS,
+    "budget": ("params", "tolerance"),
+    "space": ("depth", "width", "head_mix", "families", "mlp_mult", "lr", "batch_size", *HEAD_FAMILIES),
+    "model": MODEL_KEYS,
+    "training": (*TRAINING_KEYS, "threads"),
+    "pruning": (
+        "ram_limit", "ram_auto_share", "gpu_memory_limit", "pruner", "warmup_steps", "startup_trials",
+        "interval_steps", "percentile", "min_resource", "reduction_factor", "p_threshold", "watch_interval_s",
+    ),
+    "sampler": ("kind", "seed", "multivariate", "startup_trials", "constant_liar"),
+    "full_training": FULL_TRAINING_KEYS,
+}
+REQUIRED_SECTIONS = ("study", "budget", "space")
+
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+@dataclass(frozen=True)
+class IntRange:
+    min: int
+    max: int
+    step: int = 1
+
+    def values(self) -> list[int]:
+        return list(range(self.min, self.max + 1, self.step))
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    min: float
+    max: float
+    log: bool = True
+
+
+Domain = IntRange | FloatRange | tuple
+
+
+def domain_values(d: Domain) -> list:
+    """Every value of a discrete domain (a FloatRange has none)."""
+    return d.values() if isinstance(d, IntRange) else list(d)
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    depth: IntRange | tuple
+    width: IntRange | tuple
+    head_mix: tuple
+    families: tuple
+    family_space: dict[str, dict[str, Domain]]
+    mlp_mult: tuple
+    lr: FloatRange | tuple
+    batch_size: tuple
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    ram_limit: int | str = "auto"  # bytes, or "auto" = ram_auto_share of the memory available at start
+    ram_auto_share: float = 0.8
+    gpu_memory_limit: int | str | None = None  # CUDA only: bytes or "auto" (a share of the device)
+    pruner: str = "median"
+    warmup_steps: int = 0  # training steps before the loss pruner may act
+    startup_trials: int = 3
+    interval_steps: int = 1
+    percentile: float = 25.0
+    min_resource: int | None = None  # successive_halving / hyperband; default: training.eval_interval
+    reduction_factor: int = 3
+    p_threshold: float = 0.1
+    watch_interval_s: float = 0.05  # how often the parent samples the trial process's RSS
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    kind: str = "tpe"
+    seed: int | None = 0
+    multivariate: bool = True
+    startup_trials: int = 10
+    # None: on only when several workers share the study (it re-reads the store on every sample)
+    constant_liar: bool | None = None
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    budget_params: int
+    budget_tolerance: float
+    space: SpaceConfig
+    vocab_choices: tuple  # None = character level
+    data: dict[str, Any] = field(default_factory=dict)  # TrainConfig data fields, tokenizer_vocab excluded
+    training: dict[str, Any] = field(default_factory=dict)
+    threads: int = 0  # torch threads per trial; 0 = the machine's cores shared by the workers
+    model: dict[str, Any] = field(default_factory=dict)
+    full_training: dict[str, Any] = field(default_factory=dict)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    description: str = ""
+    n_trials: int | None = None
+    timeout_s: float | None = None
+    storage: str = DEFAULT_STORAGE
+    source: str = "<dict>"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def band(self) -> tuple[int, int]:
+        """Inclusive parameter-count band of the budget."""
+        lo = math.ceil(self.budget_params * (1 - self.budget_tolerance))
+        hi = math.floor(self.budget_params * (1 + self.budget_tolerance))
+        return lo, hi
+
+    def train_config(self, **searched: Any) -> TrainConfig:
+        """The per-trial TrainConfig: [data] + [training] + the searched values (lr, batch_size, ...)."""
+        return TrainConfig.from_dict({**self.data, **self.training, **searched})
+
+    def full_train_config(self, trial_config: TrainConfig) -> TrainConfig:
+        return TrainConfig.from_dict({**trial_config.to_dict(), **self.full_training})
+
+    @property
+    def steps(self) -> int:
+        return self.train_config().max_steps
+
+    @property
+    def eval_interval(self) -> int:
+        return self.train_config().eval_interval
+
+    def with_overrides(self, *, dataset: str | None = None, storage: str | None = None,
+                       n_trials: int | None = None, timeout_s: float | None = None) -> StudyConfig:
+        """A copy with command-line values in place of the file's (flag names in the errors)."""
+        from dataclasses import replace
+
+        if n_trials is not None and (not _is_int(n_trials) or n_trials < 1):
+            raise ConfigError(f"--n-trials must be a positive integer, but got {n_trials=}.")
+        if timeout_s is not None and (not _is_num(timeout_s) or timeout_s <= 0):
+            raise ConfigError(f"--timeout must be a positive number of seconds, but got {timeout_s=}.")
+        if dataset is not None and not dataset:
+            raise ConfigError("--dataset must be a Hub name or a path, but got an empty string.")
+        return replace(
+            self,
+            data={**self.data, **({"dataset": dataset} if dataset else {})},
+            storage=storage or self.storage,
+            n_trials=n_trials if n_trials is not None else self.n_trials,
+            timeout_s=timeout_s if timeout_s is not None else self.timeout_s,
+        )
+
+
+def load_study_file(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            near = get_close_matches(path.name, [p.name for p in path.parent.glob("*.toml")], n=1)
+            hint = f"; did you mean {str(path.parent / near[0])!r}?" if near else ""
+        raise ConfigError(f"study file {str(path)!r} does not exist{hint}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"study file {str(path)!r} is not valid TOML: {e}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"study file {str(path)!r} is not UTF-8 text.") from None
+    return parse_study(raw, source=str(path))
+
+
+def parse_study(raw: dict[str, Any], *, source: str = "<dict>") -> StudyConfig:
+    return _Parser(raw, source).parse()
+
+
+def parse_bytes(value: Any, key: str) -> int:
+    """Bytes from an int or a string like '1.5 GiB' / '800 MB'."""
+    if _is_int(value) and value > 0:
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMG]i?B|B)\s*", value, flags=re.IGNORECASE)
+        if m:
+            n = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+            if n >= 1:
+                return int(n)
+    raise ConfigError(
+        f"{key} must be a positive number of bytes or a size like '2 GiB' or '800 MB', but got {key}={value!r}."
+    )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class _Parser:
+    def __init__(self, raw: dict[str, Any], source: str) -> None:
+        self.raw = raw
+        self.source = source
+
+    def fail(self, msg: str) -> None:
+        raise ConfigError(f"{self.source}: {msg}")
+
+    def rule(self, ok: bool, rule: str, key: str, value: Any) -> None:
+        if not ok:
+            self.fail(f"{key} {rule}, but got {key}={value!r}.")
+
+    def unknown(self, table: dict, allowed: tuple[str, ...], prefix: str) -> None:
+        for k in table:
+            if k not in allowed:
+                near = get_close_matches(k, allowed, n=1, cutoff=0.6)
+                where = f"{prefix}.{k}" if prefix else k
+                if near:
+                    hint = f"did you mean {(prefix + '.' if prefix else '') + near[0]!r}?"
+                else:
+                    hint = f"allowed: {', '.join(allowed)}."
+                kind = "section" if not prefix else "key"
+                self.fail(f"unknown {kind} {where!r}; {hint}")
+
+    def section(self, name: str) -> dict[str, Any]:
+        s = self.raw.get(name, {})
+        if not isinstance(s, dict):
+            self.fail(f"[{name}] must be a table, but got {name}={s!r}.")
+        self.unknown(s, SECTION_KEYS[name], name)
+        return s
+
+    def parse(self) -> StudyConfig:
+        if not isinstance(self.raw, dict):
+            self.fail("a study file must be a TOML table.")
+        self.unknown(self.raw, tuple(SECTION_KEYS), "")
+        for name in REQUIRED_SECTIONS:
+            if name not in self.raw:
+                self.fail(f"missing section [{name}]; every study file needs {', '.join(f'[{s}]' for s in REQUIRED_SECTIONS)}.")
+        study = self.section("study")
+        data = self.section("data")
+        budget = self.section("budget")
+        space_raw = self.section("space")
+        model = self.section("model")
+        training = self.section("training")
+        pruning_raw = self.section("pruning")
+        sampler_raw = self.section("sampler")
+        full = self.section("full_training")
+
+        name = study.get("name")
+        self.rule(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or "") is not None,
+                  "must be a name of letters, digits, '.', '_' or '-'", "study.name", name)
+        n_trials = study.get("n_trials")
+        self.rule(n_trials is None or (_is_int(n_trials) and n_trials >= 1), "must be a positive integer", "study.n_trials", n_trials)
+        timeout_s = study.get("timeout_s")
+        self.rule(timeout_s is None or (_is_num(timeout_s) and timeout_s > 0), "must be a positive number of seconds", "study.timeout_s", timeout_s)
+        if n_trials is None and timeout_s is None:
+            self.fail("[study] needs n_trials or timeout_s (or both), so a run knows when to stop.")
+        storage = study.get("storage", DEFAULT_STORAGE)
+        self.rule(isinstance(storage, str) and "://" in storage, "must be an SQLAlchemy URL like 'sqlite:///storage/mfha.db'", "study.storage", storage)
+        description = study.get("description", "")
+        self.rule(isinstance(description, str), "must be a string", "study.description", description)
+
+        params = budget.get("params")
+        self.rule(_is_int(params) and params >= 1, "must be a positive integer (the target parameter count)", "budget.params", params)
+        tol = budget.get("tolerance", 0.1)
+        self.rule(_is_num(tol) and 0 < tol < 1, "must be a fraction in (0, 1)", "budget.tolerance", tol)
+
+        vocab_choices = self.vocab(data.get("tokenizer_vocab", "char"))
+        data_fields = {k: v for k, v in data.items() if k != "tokenizer_vocab"}
+        space = self.space(space_raw)
+        if "lr" in training and not (isinstance(space.lr, tuple) and len(space.lr) == 1):
+            self.fail("training.lr is set but [space] searches lr; remove one of them.")
+        if "batch_size" in training and len(space.batch_size) > 1:
+            self.fail("training.batch_size is set but [space] searches batch_size; remove one of them.")
+        if "lr" in training:
+            space = _replace_space(space, lr=(training["lr"],))
+        if "batch_size" in training:
+            space = _replace_space(space, batch_size=(training["batch_size"],))
+        threads = training.get("threads", 0)
+        self.rule(_is_int(threads) and threads >= 0, "must be an integer >= 0 (0: all cores)", "training.threads", threads)
+        training = {k: v for k, v in training.items() if k not in ("lr", "batch_size", "threads")}
+
+        self.check_train_fields(data_fields, training, vocab_choices, space)
+        self.check_model(model, training)
+        pruning = self.pruning(pruning_raw)
+        sampler = self.sampler(sampler_raw)
+        full = self.full_training(full)
+        return StudyConfig(
+            name=name, budget_params=params, budget_tolerance=float(tol), space=space,
+            vocab_choices=vocab_choices, data=data_fields, training=training, threads=threads, model=model,
+            full_training=full, pruning=pruning, sampler=sampler, description=description,
+            n_trials=n_trials, timeout_s=float(timeout_s) if timeout_s is not None else None,
+            storage=storage, source=self.source, raw=self.raw,
+        )
+
+    def vocab(self, v: Any) -> tuple:
+        items = v if isinstance(v, list) else [v]
+        out = []
+        for x in items:
+            if x == "char":
+                out.append(None)
+            elif _is_int(x) and 8 <= x <= 65536:
+                out.append(x)
+            else:
+                self.fail(
+                    f"data.tokenizer_vocab must be 'char', an integer in [8, 65536], or a list of those to search, "
+                    f"but got data.tokenizer_vocab={v!r}."
+                )
+        self.rule(len(out) >= 1 and len(set(out)) == len(out), "must list distinct choices", "data.tokenizer_vocab", v)
+        return tuple(out)
+
+    def int_domain(self, v: Any, key: str, *, minimum: int = 1, allow_step: bool = False) -> IntRange | tuple:
+        if isinstance(v, dict):
+            allowed = ("min", "max", "step") if allow_step else ("min", "max")
+            self.unknown(v, allowed, key)
+            lo, hi, step = v.get("min"), v.get("max"), v.get("step", 1)
+            ok = _is_int(lo) and _is_int(hi) and _is_int(step) and minimum <= lo <= hi and step >= 1
+            self.rule(ok, f"must be a range {{min, max{', step' if allow_step else ''}}} of integers with {minimum} <= min <= max", key, v)
+            return IntRange(lo, hi, step)
+        items = v if isinstance(v, list) else [v]
+        ok = len(items) >= 1 and all(_is_int(x) and x >= minimum for x in items) and len(set(items)) == len(items)
+        self.rule(ok, f"must be an integer >= {minimum}, a list of distinct ones, or a range {{min, max}}", key, v)
+        return tuple(items)
+
+    def num_choices(self, v: Any, key: str) -> tuple:
+        items = v if isinstance(v, list) else [v]
+        ok = len(items) >= 1 and all(_is_num(x) and x > 0 for x in items) and len(set(items)) == len(items)
+        self.rule(ok, "must be a positive number or a list of distinct ones", key, v)
+        return tuple(float(x) for x in items)
+
+    def space(self, s: dict[str, Any]) -> SpaceConfig:
+        for key in ("depth", "width", "families"):
+            if key not in s:
+                self.fail(f"missing key space.{key}; [space] needs depth, width and families.")
+        depth = self.int_domain(s["depth"], "space.depth")
+        width = self.int_domain(s["width"], "space.width", minimum=2, allow_step=True)
+        fams = s["families"] if isinstance(s["families"], list) else [s["families"]]
+        for f in fams:
+            if f not in HEAD_FAMILIES:
+                near = get_close_matches(str(f), HEAD_FAMILIES, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                self.fail(f"space.families must list head families from {', '.join(HEAD_FAMILIES)}, but got {f!r}{hint}")
+        self.rule(len(fams) >= 1 and len(set(fams)) == len(fams), "must list distinct head families", "space.families", s["families"])
+        for f in HEAD_FAMILIES:
+            if f in s and f not in fams:
+                self.fail(f"[space.{f}] is given but space.families does not list {f!r}; add it or remove the table.")
+            if f in fams and f not in s:
+                self.fail(f"space.families lists {f!r} but [space.{f}] is missing; it needs {', '.join(FAMILY_KEYS[f])}.")
+        mix = s.get("head_mix", "shared")
+        mixes = mix if isinstance(mix, list) else [mix]
+        ok = len(mixes) >= 1 and all(m in HEAD_MIXES for m in mixes) and len(set(mixes)) == len(mixes)
+        self.rule(ok, f"must be one of {', '.join(HEAD_MIXES)} or a list of them", "space.head_mix", mix)
+        family_space = {f: self.family(f, s[f]) for f in fams}
+        mlp = self.num_choices(s.get("mlp_mult", 4.0), "space.mlp_mult")
+        lr: FloatRange | tuple
+        lr_raw = s.get("lr", 3e-3)
+        if isinstance(lr_raw, dict):
+            self.unknown(lr_raw, ("min", "max", "log"), "space.lr")
+            lo, hi, log = lr_raw.get("min"), lr_raw.get("max"), lr_raw.get("log", True)
+            ok = _is_num(lo) and _is_num(hi) and 0 < lo < hi and isinstance(log, bool)
+            self.rule(ok, "must be a range {min, max} with 0 < min < max", "space.lr", lr_raw)
+            lr = FloatRange(float(lo), float(hi), log)
+        else:
+            lr = self.num_choices(lr_raw, "space.lr")
+        batch = self.int_domain(s.get("batch_size", 16), "space.batch_size")
+        self.rule(isinstance(batch, tuple), "must be a batch size or a list of them (not a range)", "space.batch_size", s.get("batch_size"))
+        return SpaceConfig(depth, width, tuple(mixes), tuple(fams), family_space, mlp, lr, batch)
+
+    def family(self, fam: str, t: Any) -> dict[str, Domain]:
+        key = f"space.{fam}"
+        if not isinstance(t, dict):
+            self.fail(f"[{key}] must be a table with {', '.join(FAMILY_KEYS[fam])}, but got {key}={t!r}.")
+        self.unknown(t, FAMILY_KEYS[fam], key)
+        defaults = {"split": 2, "ratio": 2}
+        for k in FAMILY_KEYS[fam]:
+            if k not in t and k not in defaults:
+                self.fail(f"missing key {key}.{k}; {fam} heads need {', '.join(k2 for k2 in FAMILY_KEYS[fam] if k2 not in defaults)}.")
+        if fam == "explicit":
+            lists = t["sizes"]
+            ok = isinstance(lists, list) and lists and all(isinstance(x, list) and x for x in lists)
+            self.rule(ok, "must be a list of head-size lists, e.g. [[32, 16, 16], [16, 16, 16, 16]]", f"{key}.sizes", lists)
+            choices = tuple(" ".join(str(x) for x in sorted(sizes, reverse=True)) for sizes in lists)
+            for text in choices:
+                self.head_spec(fam, {"sizes": [int(x) for x in text.split()]}, key)
+            return {"sizes": choices}
+        dom: dict[str, Domain] = {}
+        for k in FAMILY_KEYS[fam]:
+            minimum = 2 if k in ("split", "ratio") else 1
+            dom[k] = self.int_domain(t.get(k, defaults.get(k)), f"{key}.{k}", minimum=minimum)
+        # every combination must make a valid spec, so no suggestion is lost to an impossible head set
+        names = list(dom)
+        for combo in itertools.product(*(domain_values(dom[k]) for k in names)):
+            self.head_spec(fam, dict(zip(names, combo)), key)
+        return dom
+
+    def head_spec(self, fam: str, values: dict[str, Any], key: str) -> HeadSpec:
+        try:
+            return make_head_spec(fam, values)
+        except ConfigError as e:
+            shown = ", ".join(f"{k}={v}" for k, v in values.items())
+            self.fail(f"{key}: the combination {shown} is not a valid head set ({e}); every combination of its choices must be valid.")
+
+    def check_train_fields(self, data: dict, training: dict, vocab_choices: tuple, space: SpaceConfig) -> None:
+        lr0 = space.lr.min if isinstance(space.lr, FloatRange) else space.lr[0]
+        for vocab in vocab_choices:
+            try:
+                TrainConfig.from_dict({**data, **training, "tokenizer_vocab": vocab, "lr": lr0, "batch_size": space.batch_size[0]})
+            except ConfigError as e:
+                self.fail(_prefix_keys(str(e), {**{k: "data" for k in data}, **{k: "training" for k in training}}))
+
+    def check_model(self, model: dict, training: dict) -> None:
+        seq_len = training.get("seq_len", TrainConfig.seq_len)
+        max_seq_len = model.get("max_seq_len", seq_len)
+        self.rule(_is_int(max_seq_len) and max_seq_len >= seq_len, f"must be >= training.seq_len={seq_len}", "model.max_seq_len", max_seq_len)
+        try:
+            ModelConfig.from_dict({**model, "vocab_size": 8, "dim": 8, "n_layers": 1, "heads": {"family": "uniform", "n": 1, "size": 8}})
+        except ConfigError as e:
+            self.fail(f"[model]: {e}")
+
+    def pruning(self, p: dict[str, Any]) -> PruningConfig:
+        d = PruningConfig()
+        ram = p.get("ram_limit", d.ram_limit)
+        if ram != "auto":
+            ram = parse_bytes(ram, "pruning.ram_limit")
+        share = p.get("ram_auto_share", d.ram_auto_share)
+        self.rule(_is_num(share) and 0 < share <= 1, "must be a fraction in (0, 1]", "pruning.ram_auto_share", share)
+        gpu = p.get("gpu_memory_limit", d.gpu_memory_limit)
+        if gpu is not None and gpu != "auto":
+            gpu = parse_bytes(gpu, "pruning.gpu_memory_limit")
+        kind = p.get("pruner", d.pruner)
+        if kind not in PRUNERS:
+            near = get_close_matches(str(kind), PRUNERS, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            self.fail(f"pruning.pruner must be one of {', '.join(PRUNERS)}, but got pruning.pruner={kind!r}{hint}")
+        ints = {"warmup_steps": 0, "startup_trials": 0, "interval_steps": 1, "reduction_factor": 2}
+        vals: dict[str, Any] = {}
+        for k, minimum in ints.items():
+            v = p.get(k, getattr(d, k))
+            self.rule(_is_int(v) and v >= minimum, f"must be an integer >= {minimum}", f"pruning.{k}", v)
+            vals[k] = v
+        mr = p.get("min_resource")
+        self.rule(mr is None or (_is_int(mr) and mr >= 1), "must be a positive number of steps", "pruning.min_resource", mr)
+        pct = p.get("percentile", d.percentile)
+        self.rule(_is_num(pct) and 0 < pct < 100, "must be in (0, 100)", "pruning.percentile", pct)
+        pth = p.get("p_threshold", d.p_threshold)
+        self.rule(_is_num(pth) and 0 < pth < 1, "must be in (0, 1)", "pruning.p_threshold", pth)
+        wi = p.get("watch_interval_s", d.watch_interval_s)
+        self.rule(_is_num(wi) and 0.001 <= wi <= 10, "must be in [0.001, 10] seconds", "pruning.watch_interval_s", wi)
+        return PruningConfig(
+            ram_limit=ram, ram_auto_share=float(share), gpu_memory_limit=gpu, pruner=kind, min_resource=mr,
+            percentile=float(pct), p_threshold=float(pth), watch_interval_s=float(wi), **vals,
+        )
+
+    def sampler(self, s: dict[str, Any]) -> SamplerConfig:
+        d = SamplerConfig()
+        kind = s.get("kind", d.kind)
+        self.rule(kind in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}", "sampler.kind", kind)
+        seed = s.get("seed", d.seed)
+        self.rule(seed is None or _is_int(seed), "must be an integer", "sampler.seed", seed)
+        mv = s.get("multivariate", d.multivariate)
+        self.rule(isinstance(mv, bool), "must be true or false", "sampler.multivariate", mv)
+        st = s.get("startup_trials", d.startup_trials)
+        self.rule(_is_int(st) and st >= 0, "must be an integer >= 0", "sampler.startup_trials", st)
+        cl = s.get("constant_liar", d.constant_liar)
+        self.rule(cl is None or isinstance(cl, bool), "must be true or false", "sampler.constant_liar", cl)
+        return SamplerConfig(kind, seed, mv, st, cl)
+
+    def full_training(self, f: dict[str, Any]) -> dict[str, Any]:
+        try:
+            TrainConfig.from_dict(dict(f))
+        except ConfigError as e:
+            self.fail(_prefix_keys(str(e), {k: "full_training" for k in f}))
+        return dict(f)
+
+
+def _prefix_keys(msg: str, sections: dict[str, str]) -> str:
+    """TrainConfig's message with each field written as the study-file key that set it."""
+    for k, sec in sections.items():
+        msg = re.sub(rf"(?<![.\w]){re.escape(k)}\b", f"{sec}.{k}", msg)
+    return msg
+
+
+def _replace_space(space: SpaceConfig, **kw: Any) -> SpaceConfig:
+    from dataclasses import replace
+
+    return replace(space, **kw)
+
+
+def make_head_spec(family: str, values: dict[str, Any]) -> HeadSpec:
+    """A HeadSpec from the study file's per-family values (geometric takes levels, not smallest)."""
+    if family == "uniform":
+        return HeadSpec("uniform", n=values["n"], size=values["size"])
+    if family == "fractal":
+        return HeadSpec("fractal", base=values["base"], levels=values["levels"], split=values.get("split", 2))
+    if family == "geometric":
+        ratio = values.get("ratio", 2)
+        largest, levels = values["largest"], values["levels"]
+        if largest % ratio ** (levels - 1):
+            raise ConfigError(f"largest={largest} must be divisible by ratio**(levels-1)={ratio ** (levels - 1)}")
+        return HeadSpec("geometric", largest=largest, smallest=largest // ratio ** (levels - 1), ratio=ratio, count=values["count"])
+    if family == "explicit":
+        sizes = values["sizes"]
+        return HeadSpec("explicit", sizes=[int(x) for x in sizes.split()] if isinstance(sizes, str) else list(sizes))
+    raise ConfigError(f"head family must be one of {', '.join(HEAD_FAMILIES)}, but got {family=}.")
+
+
+__all__ = [
+    "StudyConfig", "SpaceConfig", "PruningConfig", "SamplerConfig", "IntRange", "FloatRange",
+    "load_study_file", "parse_study", "parse_bytes", "make_head_spec", "domain_values",
+    "DEFAULT_STORAGE", "PRUNERS", "HEAD_MIXES",
+]
