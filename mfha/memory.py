@@ -263,17 +263,17 @@ def _child_main() -> None:
 
         mc = ModelConfig(vocab_size=32, dim=16, n_layers=1, heads=uniform(2, 8), max_seq_len=8)
         _train_steps(mc, TrainConfig(batch_size=2, seq_len=8), "cpu", steps=2)
-        result = {"rss": _vm_status("VmRSS") or _rss_now()}
+        result = {"rss": vm_status("VmRSS") or _rss_now()}
     else:
         mc, tc = ModelConfig.from_dict(request["model"]), TrainConfig.from_dict(request["train"])
-        sampler = _RssSampler() if _vm_status("VmHWM") is None else None
+        sampler = _RssSampler() if vm_status("VmHWM") is None else None
         if request["device"] == "cuda":
             torch.cuda.reset_peak_memory_stats()
         _train_steps(mc, tc, request["device"], steps=request["steps"])
         if request["device"] == "cuda":
             peak = torch.cuda.max_memory_allocated()
         else:
-            peak = _vm_status("VmHWM") or sampler.stop()
+            peak = vm_status("VmHWM") or sampler.stop()
         result = {"peak": peak}
     print(json.dumps(result))
 
@@ -299,7 +299,7 @@ def _train_steps(mc: ModelConfig, tc: TrainConfig, device: str, *, steps: int) -
         del logits, loss
 
 
-def _vm_status(field: str) -> int | None:
+def vm_status(field: str) -> int | None:
     # /proc/self/status VmHWM is this process's own peak RSS; ru_maxrss is not, since it survives
     # exec and so reports the parent's size in a child spawned from a big process
     try:

@@ -20,6 +20,7 @@ import torch
 from mfha.config import ModelConfig, TrainConfig
 from mfha.data import TokenizedData, load_data
 from mfha.errors import ConfigError, MFHAError, TrainingDiverged
+from mfha.memory import vm_status
 from mfha.model import GPT
 from mfha.tokenizer import Tokenizer
 
@@ -67,7 +68,8 @@ def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.o
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    # VmHWM is this process's own peak; ru_maxrss would report a big parent's size in a forked trial
+    return vm_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @torch.no_grad()
