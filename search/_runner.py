@@ -218,7 +218,7 @@ def _close_interrupted(study: optuna.Study, storage, objective: Objective) -> No
         storage.set_trial_state_values(tid, TrialState.FAIL)
         trial = storage.get_trial(tid)
     if trial.state == TrialState.FAIL and trial.params:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=True)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
 class _FailGuard:
