@@ -17,10 +17,11 @@ from typing import Callable
 from mfha.errors import ConfigError, MFHAError
 
 DEFAULT_STORAGE = "sqlite:///storage/mfha.db"
+DEFAULT_STUDY = "studies/smoke.toml"
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study", required=True, metavar="FILE", help="study file (TOML), e.g. studies/smoke.toml")
+    p.add_argument("--study", default=DEFAULT_STUDY, metavar="FILE", help="study file (TOML) (default %(default)s)")
     p.add_argument("--dataset", help="Hub name or local folder; overrides [data].dataset")
     p.add_argument("--storage", metavar="URL", help="SQLAlchemy URL; overrides [study].storage (default sqlite:///storage/mfha.db)")
     p.add_argument("--n-trials", type=int, metavar="N",
@@ -28,7 +29,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds; overrides [study].timeout_s")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides [training].device")
     p.add_argument("--artifacts", metavar="DIR", help="artifact folder (default: beside a SQLite file, else storage/artifacts)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads per trial (default: all cores)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads per trial (default and most: the cores shared by the workers)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes on this machine sharing the study (default %(default)s); on more machines, run the same command on each")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the --workers supervisor for its workers
     p.add_argument("--no-progress", action="store_true", help="one line per trial instead of progress bars")
 
 
@@ -42,7 +46,18 @@ def _run(args: argparse.Namespace) -> int:
         config.training["device"] = args.device
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
-    summary = run_study(config, artifacts=args.artifacts, progress=not args.no_progress, threads=args.threads)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, but got workers={args.workers}.")
+    if args.workers > 1 and args.worker_index is None:
+        return _supervise(args, config)
+    log = None
+    if args.worker_index is not None:
+        tag = f"[worker {args.worker_index}]"
+        log = lambda msg: print(f"{tag} {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    summary = run_study(config, artifacts=args.artifacts, progress=not args.no_progress and args.worker_index is None,
+                        threads=args.threads, workers=args.workers, log=log)
+    if args.worker_index is not None:
+        return 130 if summary.interrupted else 0
     print(summary.line())
     if summary.interrupted:
         print("interrupted: the running trial was closed as FAIL and queued again; rerun the same command to resume.", file=sys.stderr)
@@ -51,6 +66,37 @@ def _run(args: argparse.Namespace) -> int:
         storage = "" if config.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(summary.storage)}"
         print(f"next: python run_search.py export --study {config.name}{storage} --out exports/{config.name}")
     return 0
+
+
+def _supervise(args: argparse.Namespace, config) -> int:
+    """--workers N: check everything once here (one error line, not N), then run N workers and wait."""
+    import time
+
+    from search import count_trials, make_storage, prepare, run_workers, summarize
+
+    t0 = time.perf_counter()
+    make_storage(config.storage)
+    prepare(config, workers=args.workers)  # also fills the data cache every worker reads
+    before = count_trials(config.storage, config.name)
+    codes = run_workers(_argv(args), args.workers, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(summarize(config.storage, config.name, before=before, wall_s=time.perf_counter() - t0).line())
+    if 130 in codes:
+        print("interrupted: each worker closed its running trial as FAIL and queued it again; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    bad = [(i, c) for i, c in enumerate(codes) if c]
+    if bad:
+        raise MFHAError(f"worker {bad[0][0]} of {args.workers} exited with code {bad[0][1]} (its message is above); rerun the same command to resume.")
+    return 0
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The run flags again, for workers started from Python rather than from a command line."""
+    out = ["--study", args.study, "--workers", str(args.workers)]
+    for flag in ("dataset", "storage", "n_trials", "timeout", "device", "artifacts", "threads"):
+        value = getattr(args, flag)
+        if value is not None:
+            out += [f"--{flag.replace('_', '-')}", str(value)]
+    return out + (["--no-progress"] if args.no_progress else [])
 
 
 def _add_dashboard(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ _EXPORTS = {
     "_objective": ["Objective", "TrialSettings", "TrialFailed", "config_key", "start_forkserver"],
     "_runner": ["run_study", "prepare", "RunSummary", "Prepared", "Interrupted"],
     "_export": ["export_trials", "show", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"],
+    "_workers": ["TrialSlots", "SurplusTrial", "run_workers", "worker_threads", "count_trials", "summarize"],
     "_dashboard": ["serve", "artifact_store", "write_trial_files", "render_loss_curve", "upload_trial_artifacts",
                    "study_note", "save_study_note", "is_loopback"],
 }

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -17,7 +18,6 @@ from typing import Iterator
 
 import optuna
 import psutil
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from mfha.errors import ConfigError, MFHAError
@@ -25,8 +25,9 @@ from search._dashboard import artifact_store, save_study_note, study_note
 from search._objective import Objective, TrialFailed, TrialSettings
 from search._pruners import MemoryAwarePruner, fmt_bytes, make_loss_pruner
 from search._space import MAX_WASTED_SHARE, SearchSpace
-from search._storage import default_artifacts_dir, make_storage, mask_url
+from search._storage import default_artifacts_dir, make_storage, mask_url, sqlite_path
 from search._study_file import StudyConfig
+from search._workers import SurplusTrial, TrialSlots, worker_threads
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILS_IN_A_ROW = 5
@@ -131,11 +132,13 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
 
     t_start = time.perf_counter()
     start_forkserver()  # its imports overlap the data and baseline work below
-    storage = make_storage(config.storage)
+    storage = make_storage(config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s)
     prep = prepare(config, workers=workers, cache_dir=cache_dir)
     t_prepared = time.perf_counter()
+    # a server database is there to be shared: assume other workers (other machines) on the study
+    parallel = workers > 1 or sqlite_path(config.storage) is None
     study = optuna.create_study(
-        study_name=config.name, storage=storage, sampler=prep.space.make_sampler(parallel=workers > 1),
+        study_name=config.name, storage=storage, sampler=prep.space.make_sampler(parallel=parallel),
         pruner=prep.pruner, direction="minimize", load_if_exists=True,
     )
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
@@ -149,9 +152,8 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     store = artifact_store(folder)
     scratch = folder.parent / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    n_cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     settings = TrialSettings(
-        cache_dir=prep.cache_dir, threads=threads or config.threads or max(1, n_cpu // workers), device=prep.device,
+        cache_dir=prep.cache_dir, threads=worker_threads(threads or config.threads, workers), device=prep.device,
         ram_limit=prep.ram_limit, gpu_limit=prep.gpu_limit, baseline_bytes=prep.baseline_bytes,
         artifacts=store, scratch=scratch, watch_interval_s=config.pruning.watch_interval_s,
     )
@@ -167,18 +169,28 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     fails = _FailGuard()
     summary_counts_before = len(study.get_trials(deepcopy=False))
     interrupted = False
-    if total is None or finished < total:
-        callbacks = [bars.after_trial, fails]
-        if total is not None:
-            callbacks.append(MaxTrialsCallback(total, states=FINISHED))
-        try:
-            with _sigterm_as_interrupt():
-                study.optimize(objective, timeout=config.timeout_s, catch=(TrialFailed,), callbacks=callbacks)
-        except KeyboardInterrupt:
-            interrupted = True
-            _close_interrupted(study, storage, objective)
-        finally:
-            bars.close()
+    deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
+    slots = TrialSlots(total, deadline=deadline, log=log) if total is not None else None
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def run_trial(trial: optuna.Trial) -> float:
+        objective.current_trial_id, objective.current_trial_number = trial._trial_id, trial.number
+        trial.set_user_attr("worker", worker)  # which machine and process ran it, for the dashboard
+        trial.set_user_attr("threads", settings.threads)
+        if slots is not None:
+            slots.claim(trial)
+        return objective(trial)
+
+    callbacks = [bars.after_trial, fails] + ([slots.after_trial] if slots is not None else [])
+    try:
+        with _sigterm_as_interrupt():
+            if slots is None or slots.wait_for_slot(study):
+                study.optimize(run_trial, timeout=config.timeout_s, catch=(TrialFailed, SurplusTrial), callbacks=callbacks)
+    except KeyboardInterrupt:
+        interrupted = True
+        _close_interrupted(study, storage, objective)
+    finally:
+        bars.close()
     if fails.message is not None and not interrupted:
         raise MFHAError(fails.message)
     trials = study.get_trials(deepcopy=False)
@@ -187,8 +199,7 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     return RunSummary(
         config.name, mask_url(config.storage), {s.name: counts.get(s.name, 0) for s in TrialState},
         best.value if best else None, best.number if best else None, time.perf_counter() - t_start,
-        len(trials) - summary_counts_before, interrupted, objective.overhead_s, objective.train_s,
-        {"prepare_s": t_prepared - t_start},
+        len(trials) - summary_counts_before, interrupted, objective.overhead_s, objective.train_s, timings,
     )
 
 

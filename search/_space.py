@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import random
+import socket
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -161,15 +163,17 @@ class SearchSpace:
         """The study file's sampler wrapped in a SpaceSampler; `parallel`: several workers share the study."""
         sc = self.config.sampler
         liar = parallel if sc.constant_liar is None else sc.constant_liar
+        # workers sharing a study with one seed would all propose the same points: each gets its own
+        seed = sc.seed if not parallel or sc.seed is None else hash((sc.seed, socket.gethostname(), os.getpid())) % 2**32
         if sc.kind == "random":
-            base: BaseSampler = optuna.samplers.RandomSampler(seed=sc.seed)
+            base: BaseSampler = optuna.samplers.RandomSampler(seed=seed)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group`
                 # the head params depend on the family (a conditional space): group=True lets
                 # multivariate TPE model each family's params jointly instead of falling back
                 base = optuna.samplers.TPESampler(
-                    seed=sc.seed, n_startup_trials=sc.startup_trials, multivariate=sc.multivariate,
+                    seed=seed, n_startup_trials=sc.startup_trials, multivariate=sc.multivariate,
                     group=sc.multivariate, constant_liar=liar,
                 )
         return SpaceSampler(base)

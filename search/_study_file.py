@@ -40,7 +40,7 @@ FAMILY_KEYS: dict[str, tuple[str, ...]] = {
     "explicit": ("sizes",),
 }
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "study": ("name", "description", "n_trials", "timeout_s", "storage"),
+    "study": ("name", "description", "n_trials", "timeout_s", "storage", "heartbeat_interval_s", "grace_period_s"),
     "data": DATA_KEYS,
     "budget": ("params", "tolerance"),
     "space": ("depth", "width", "head_mix", "families", "mlp_mult", "lr", "batch_size", *HEAD_FAMILIES),
@@ -139,6 +139,8 @@ class StudyConfig:
     n_trials: int | None = None
     timeout_s: float | None = None
     storage: str = DEFAULT_STORAGE
+    heartbeat_interval_s: int = 30  # a RUNNING trial's worker writes a heartbeat this often
+    grace_period_s: int = 90  # a trial without a heartbeat for this long belongs to a dead worker: FAIL, retried
     source: str = "<dict>"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -288,6 +290,11 @@ class _Parser:
         storage = study.get("storage", DEFAULT_STORAGE)
         self.rule(isinstance(storage, str) and "://" in storage, "must be an SQLAlchemy URL like 'sqlite:///storage/mfha.db'", "study.storage", storage)
         description = study.get("description", "")
+        heartbeat = study.get("heartbeat_interval_s", 30)
+        self.rule(_is_int(heartbeat) and heartbeat >= 1, "must be a whole number of seconds >= 1", "study.heartbeat_interval_s", heartbeat)
+        grace = study.get("grace_period_s", 3 * heartbeat)
+        self.rule(_is_int(grace) and grace > heartbeat, f"must be a whole number of seconds > study.heartbeat_interval_s={heartbeat}",
+                  "study.grace_period_s", grace)
         self.rule(isinstance(description, str), "must be a string", "study.description", description)
 
         params = budget.get("params")
@@ -320,7 +327,7 @@ class _Parser:
             vocab_choices=vocab_choices, data=data_fields, training=training, threads=threads, model=model,
             full_training=full, pruning=pruning, sampler=sampler, description=description,
             n_trials=n_trials, timeout_s=float(timeout_s) if timeout_s is not None else None,
-            storage=storage, source=self.source, raw=self.raw,
+            storage=storage, heartbeat_interval_s=heartbeat, grace_period_s=grace, source=self.source, raw=self.raw,
         )
 
     def vocab(self, v: Any) -> tuple:
