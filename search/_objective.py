@@ -32,7 +32,9 @@ from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
 from search._space import Candidate, Infeasible, SearchSpace
 from search._study_file import StudyConfig
 
-CHILD_MODULE = "search._child"
+# "__main__" too: the forkserver imports the main script once, so a trial process does not re-run
+# its imports (multiprocessing re-imports the main module in every child it did not inherit it from)
+PRELOAD = ["__main__", "search._child"]
 JOIN_TIMEOUT_S = 10.0
 
 
@@ -64,7 +66,7 @@ def start_forkserver() -> None:
     """Start the forkserver with torch and mfha imported; call early so that work overlaps other start-up."""
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload([CHILD_MODULE])
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
     forkserver.ensure_running()
 
 
@@ -89,7 +91,7 @@ class Objective:
         self.overhead_s = 0.0  # time in this process per trial outside the child's training, summed
         self.train_s = 0.0
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload([CHILD_MODULE])  # no effect once start_forkserver() has run
+        self._ctx.set_forkserver_preload(PRELOAD)  # no effect once start_forkserver() has run
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current_trial_id = trial._trial_id

@@ -182,6 +182,8 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
         return objective(trial)
 
     callbacks = [bars.after_trial, fails] + ([slots.after_trial] if slots is not None else [])
+    timings = {"prepare_s": t_prepared - t_start}
+    t_loop = time.perf_counter()
     try:
         with _sigterm_as_interrupt():
             if slots is None or slots.wait_for_slot(study):
@@ -191,6 +193,7 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
         _close_interrupted(study, storage, objective)
     finally:
         bars.close()
+        timings["optimize_s"] = time.perf_counter() - t_loop
     if fails.message is not None and not interrupted:
         raise MFHAError(fails.message)
     trials = study.get_trials(deepcopy=False)
