@@ -22,10 +22,10 @@ DATASET = str(Path(__file__).resolve().parents[2] / "shared/data/tinystories")
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=5.0)
-    p.add_argument("--lr", type=float, default=4e-3)
+    p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--dataset", default=DATASET)
-    p.add_argument("--final-windows", type=int, default=1024, help="validation windows for the final figure")
+    p.add_argument("--final-windows", type=int, default=512, help="validation windows for the final figure")
     args = p.parse_args()
     model_config = ModelConfig(dim=128, n_layers=4, heads=fractal(64, 3), max_seq_len=128, mlp_mult=4.0)
     tc = TrainConfig(

@@ -27,3 +27,84 @@ def tinystories() -> str:
     if not SHARED_DATA.exists():
         pytest.fail(f"the shared TinyStories slice is missing at {SHARED_DATA}; CI lays ../shared beside the repo")
     return str(SHARED_DATA)
+
+
+PG_ADMIN_DSN = os.environ.get("MFHA_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+TINY_STUDY = """\
+[study]
+name = "{name}"
+n_trials = {n_trials}
+heartbeat_interval_s = {heartbeat}
+grace_period_s = {grace}
+
+[data]
+dataset = "{dataset}"
+max_train_stories = 100
+max_val_stories = 20
+tokenizer_vocab = "char"
+
+[budget]
+params = 8_000
+tolerance = 0.3
+
+[space]
+depth = {{ min = 1, max = 2 }}
+width = {{ min = 8, max = 64, step = 2 }}
+families = ["uniform"]
+mlp_mult = [2.0]
+lr = {{ min = 1e-3, max = 1e-2 }}
+batch_size = [8]
+
+[space.uniform]
+n = {{ min = 1, max = 2 }}
+size = [8]
+
+[training]
+max_steps = {steps}
+seq_len = 32
+eval_interval = 10
+eval_windows = 4
+device = "cpu"
+threads = 1
+
+[pruning]
+ram_limit = "4 GiB"
+pruner = "none"
+
+[sampler]
+kind = "random"
+seed = 1
+"""
+
+
+@pytest.fixture
+def tiny_study(tmp_path, tinystories):
+    """Write a study file of tiny models (a trial trains in about a second); returns its path."""
+
+    def write(name: str = "tiny", *, n_trials: int = 4, steps: int = 30, heartbeat: int = 1, grace: int = 3, extra: str = "") -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(TINY_STUDY.format(name=name, n_trials=n_trials, steps=steps, heartbeat=heartbeat, grace=grace,
+                                          dataset=tinystories) + extra)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A database of its own on the PostgreSQL server at 127.0.0.1:5432 for this test run, dropped after."""
+    import uuid
+
+    import psycopg
+
+    try:
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        pytest.fail(f"PostgreSQL does not answer at {PG_ADMIN_DSN!r} ({str(e).strip().splitlines()[0]}); bash .ci/run starts it")
+    name = f"mfha_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
