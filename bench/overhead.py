@@ -1,0 +1,111 @@
+"""Search overhead: a trial's time outside training, and TPE's suggestion time at 1,000 trials.
+
+    python bench/overhead.py [--trials 6] [--fill 1000] [--quick]
+
+1. Runs the smoke study (batch size fixed at 16, so every trial trains) on a fresh SQLite store and
+   compares the wall time of the trial loop with the time the trial processes spent inside
+   `mfha.train.train`: overhead_share = (loop wall - training) / loop wall. Sampling, storage writes,
+   the forecast, the trial process's start and data load, the pipe round trips, artifact uploads and
+   the loss-curve PNG all count as overhead.
+2. Fills a SQLite store with 1,000 finished smoke-space trials (params, intermediate values and the
+   user attrs a real trial carries) and times ask + suggest with the smoke study's TPE sampler.
+
+Last line: {"bench": "overhead", "overhead_share": x, "suggest_s_at_1000": y}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATASET = str(ROOT.parent / "shared/data/tinystories")
+SMOKE = ROOT / "studies" / "smoke.toml"
+
+
+def trial_overhead(n_trials: int, folder: Path) -> dict:
+    from search import load_study_file, run_study
+
+    config = load_study_file(SMOKE).with_overrides(dataset=DATASET, storage=f"sqlite:///{folder}/overhead.db", n_trials=n_trials)
+    config = replace(config, name="overhead", space=replace(config.space, batch_size=(16,)), timeout_s=None)
+    summary = run_study(config, progress=False, log=lambda msg: None)
+    loop = summary.timings["optimize_s"]
+    return {
+        "trials": summary.new_trials, "loop_s": round(loop, 2), "train_s": round(summary.train_s, 2),
+        "overhead_s_per_trial": round((loop - summary.train_s) / summary.new_trials, 3),
+        "overhead_share": round((loop - summary.train_s) / loop, 4),
+        "prepare_s": round(summary.timings["prepare_s"], 2),
+    }
+
+
+def suggest_time(n_fill: int, folder: Path, repeats: int = 5) -> dict:
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from search import SearchSpace, SpaceSampler, load_study_file, make_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = load_study_file(SMOKE)
+    space = SearchSpace(config, {None: 329})
+    storage = make_storage(f"sqlite:///{folder}/suggest.db", heartbeat_interval=None)
+    # fill: random points of the space (drawn in memory), stored in one insert each, shaped like real trials
+    filler = optuna.create_study(sampler=SpaceSampler(optuna.samplers.RandomSampler(seed=0)))
+    rng = random.Random(0)
+    t0 = time.perf_counter()
+    templates = []
+    while len(templates) < n_fill:
+        trial = filler.ask()
+        cand = space.suggest(trial)
+        frozen = filler.tell(trial, state=TrialState.FAIL)
+        value = 3.0 + rng.random()
+        pruned = rng.random() < 0.5
+        steps = [40, 80] if pruned else [40, 80, 120, 160, 200]
+        attrs = {**cand.attrs, "config_key": f"{len(templates):020d}", "model_config": cand.model_config.to_dict(),
+                 "train_config": cand.train_config.to_dict(), "forecast_peak_mib": 320.0, "allocated": True,
+                 "peak_mem_mib": 283.0, "steps": steps[-1], "tokens_per_s": 25000.0, "train_s": 7.0}
+        if pruned:
+            attrs.update(prune_kind="loss", prune_reason="lagging loss (median pruner): val_bpc 4.4 at step 80")
+        templates.append(create_trial(
+            state=TrialState.PRUNED if pruned else TrialState.COMPLETE, value=None if pruned else value,
+            params=frozen.params, distributions=frozen.distributions, user_attrs=attrs,
+            intermediate_values={s: value + (200 - s) / 100 for s in steps},
+        ))
+    study = optuna.create_study(study_name="suggest", storage=storage, sampler=space.make_sampler(), direction="minimize")
+    study.add_trials(templates)
+    fill_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        trial = study.ask()
+        space.suggest(trial)
+        times.append(time.perf_counter() - t)
+        study.tell(trial, 3.5)
+    return {"finished_trials": n_fill, "fill_s": round(fill_s, 1), "suggest_s": [round(x, 3) for x in times],
+            "suggest_s_median": round(statistics.median(times), 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=6, help="smoke trials for the overhead share")
+    p.add_argument("--fill", type=int, default=1000, help="finished trials in storage for the suggestion time")
+    p.add_argument("--quick", action="store_true", help="3 trials and 200 stored trials: a smoke test of this bench")
+    args = p.parse_args()
+    if args.quick:
+        args.trials, args.fill = 3, 200
+    with tempfile.TemporaryDirectory() as tmp:
+        over = trial_overhead(args.trials, Path(tmp))
+        print(json.dumps({"part": "trial_overhead", **over}), flush=True)
+        sug = suggest_time(args.fill, Path(tmp))
+        print(json.dumps({"part": "suggestion", **sug}), flush=True)
+    print(json.dumps({"bench": "overhead", "overhead_share": over["overhead_share"], f"suggest_s_at_{args.fill}": sug["suggest_s_median"]}))
+
+
+if __name__ == "__main__":
+    main()
