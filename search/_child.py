@@ -15,7 +15,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
-import torch._dynamo  # noqa: F401  AdamW's first step imports it: 2.5 s per trial unless the forkserver has it
 
 import mfha.data  # noqa: F401  (preloaded in the forkserver)
 from mfha.config import ModelConfig, TrainConfig
