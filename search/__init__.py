@@ -18,7 +18,7 @@ _EXPORTS = {
     "_runner": ["run_study", "prepare", "RunSummary", "Prepared", "Interrupted"],
     "_export": ["export_trials", "show", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"],
     "_workers": ["TrialSlots", "SurplusTrial", "run_workers", "worker_threads", "count_trials", "summarize"],
-    "_dashboard": ["serve", "artifact_store", "write_trial_files", "render_loss_curve", "upload_trial_artifacts",
+    "_dashboard": ["serve", "artifact_store", "write_config_files", "write_result_files", "render_loss_curve", "upload_trial_artifacts",
                    "study_note", "save_study_note", "is_loopback"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

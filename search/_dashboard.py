@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import json
+import math
 import socket
 import sys
 from pathlib import Path
@@ -31,43 +32,85 @@ def artifact_store(folder: str | Path) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(str(folder))
 
 
-def write_trial_files(folder: Path, model_config: ModelConfig, train_config: TrainConfig,
-                      history: list[dict] | None, title: str) -> list[Path]:
-    """model_config.json, train_config.json and, once the trial trained, metrics.csv and loss_curve.png."""
+def write_config_files(folder: Path, model_config: ModelConfig, train_config: TrainConfig) -> list[Path]:
+    """model_config.json and train_config.json: what the trial builds and how it trains."""
     folder.mkdir(parents=True, exist_ok=True)
     model_config.save(folder / "model_config.json")
     train_config.save(folder / "train_config.json")
-    paths = [folder / "model_config.json", folder / "train_config.json"]
-    if history:
-        with (folder / "metrics.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(history)
-        render_loss_curve(history, folder / "loss_curve.png", title)
-        paths += [folder / "metrics.csv", folder / "loss_curve.png"]
-    return paths
+    return [folder / "model_config.json", folder / "train_config.json"]
+
+
+def write_result_files(folder: Path, history: list[dict], title: str) -> list[Path]:
+    """metrics.csv (the trainer's columns) and loss_curve.png, once the trial has evaluated."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    render_loss_curve(history, folder / "loss_curve.png", title)
+    return [folder / "metrics.csv", folder / "loss_curve.png"]
 
 
 def render_loss_curve(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
+    """Validation and train bits/char by step, as a small PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with Pillow (which matplotlib depends on) rather than matplotlib: a few milliseconds
+    instead of a few hundred, which matters when it runs once per trial in the search loop.
+    """
+    from PIL import Image, ImageDraw, ImageFont
 
+    W, H, left, right, top, bottom = 480, 300, 58, 14, 30, 42
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=11)
     steps = [m["step"] for m in history]
-    fig = plt.figure(figsize=(5, 3.2), dpi=80)
-    # fixed margins: tight_layout would draw the figure twice, doubling the cost per trial
-    ax = fig.add_axes((0.13, 0.15, 0.82, 0.74))
-    ax.plot(steps, [m["val_bpc"] for m in history], marker="o", label="val bits/char")
+    val = [m["val_bpc"] for m in history]
     # train loss is in nats per token; val_bpc / val_loss fixes this data's bits-per-char per nat-per-token
-    ax.plot(steps, [m["train_loss"] * m["val_bpc"] / m["val_loss"] for m in history], linestyle="--", label="train bits/char")
-    ax.set_xlabel("step")
-    ax.set_ylabel("bits per character")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path)
-    plt.close(fig)
+    trn = [m["train_loss"] * m["val_bpc"] / m["val_loss"] if m.get("val_loss") else m["val_bpc"] for m in history]
+    finite = [v for v in val + trn if v == v and abs(v) != float("inf")] or [0.0]
+    x0, x1 = min(steps), max(steps)
+    y0, y1 = min(finite), max(finite)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    pad = (y1 - y0) * 0.08 or 0.5
+    y0, y1 = y0 - pad, y1 + pad
+    px = lambda x: left + (x - x0) / (x1 - x0) * (W - left - right)  # noqa: E731
+    py = lambda y: top + (y1 - y) / (y1 - y0) * (H - top - bottom)  # noqa: E731
+    for y in _ticks(y0, y1):
+        d.line([(left, py(y)), (W - right, py(y))], fill=(228, 228, 228))
+        d.text((left - 6, py(y)), f"{y:g}", fill="black", font=font, anchor="rm")
+    for x in _ticks(x0, x1):
+        d.line([(px(x), top), (px(x), H - bottom)], fill=(228, 228, 228))
+        d.text((px(x), H - bottom + 6), f"{x:g}", fill="black", font=font, anchor="mt")
+    d.rectangle([(left, top), (W - right, H - bottom)], outline="black")
+    blue, orange = (31, 119, 180), (255, 127, 14)
+    val_pts = [(px(x), py(y)) for x, y in zip(steps, val) if y == y]
+    trn_pts = [(px(x), py(y)) for x, y in zip(steps, trn) if y == y]
+    if len(val_pts) > 1:
+        d.line(val_pts, fill=blue, width=2)
+    for x, y in val_pts:
+        d.ellipse([(x - 3, y - 3), (x + 3, y + 3)], fill=blue)
+    for (xa, ya), (xb, yb) in zip(trn_pts, trn_pts[1:]):
+        for k in range(0, 10, 2):  # dashed: every other tenth of the segment
+            d.line([(xa + (xb - xa) * k / 10, ya + (yb - ya) * k / 10),
+                    (xa + (xb - xa) * (k + 1) / 10, ya + (yb - ya) * (k + 1) / 10)], fill=orange, width=2)
+    d.text((W / 2, 8), title[:80], fill="black", font=font, anchor="mt")
+    d.text(((left + W - right) / 2, H - 14), "step", fill="black", font=font, anchor="mt")
+    d.text((W - right - 8, top + 8), "val bits/char", fill=blue, font=font, anchor="rt")
+    d.text((W - right - 8, top + 22), "train bits/char", fill=orange, font=font, anchor="rt")
+    ylabel = Image.new("RGB", (120, 14), "white")
+    ImageDraw.Draw(ylabel).text((60, 7), "bits per character", fill="black", font=font, anchor="mm")
+    img.paste(ylabel.rotate(90, expand=True), (2, (top + H - bottom) // 2 - 60))
+    img.save(path, format="PNG")
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About n round tick values inside [lo, hi] (steps of 1, 2 or 5 times a power of ten)."""
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step) + 1)]
 
 
 def upload_trial_artifacts(store: FileSystemArtifactStore, trial: optuna.Trial, paths: list[Path]) -> None:
@@ -158,6 +201,6 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 __all__ = [
-    "serve", "artifact_store", "write_trial_files", "render_loss_curve", "upload_trial_artifacts",
+    "serve", "artifact_store", "write_config_files", "write_result_files", "render_loss_curve", "upload_trial_artifacts",
     "study_note", "save_study_note", "is_loopback",
 ]

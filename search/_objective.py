@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import optuna
 import psutil
@@ -27,7 +27,7 @@ from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import MFHAError
 from mfha.memory import estimate_training_peak
 from search._child import run_trial
-from search._dashboard import upload_trial_artifacts, write_trial_files
+from search._dashboard import upload_trial_artifacts, write_config_files, write_result_files
 from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
 from search._space import Candidate, Infeasible, SearchSpace
 from search._study_file import StudyConfig
@@ -91,6 +91,7 @@ class Objective:
         self.current_trial_number: int | None = None
         self.overhead_s = 0.0  # time in this process per trial outside the child's training, summed
         self.train_s = 0.0
+        self._exiting: list[multiprocessing.process.BaseProcess] = []
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)  # no effect once start_forkserver() has run
 
@@ -117,15 +118,15 @@ class Objective:
         if earlier is not None:
             return self._reuse(trial, earlier)
         forecast = estimate_training_peak(mc, tc, self.settings.device, baseline_bytes=self.settings.baseline_bytes)
-        _set_attrs(trial, **cand.attrs, config_key=key, model_config=mc.to_dict(), train_config=tc.to_dict(),
-                   **{FORECAST_ATTR: round(forecast / MIB, 1)})
+        trial.set_user_attr(FORECAST_ATTR, round(forecast / MIB, 1))
+        attrs = {**cand.attrs, "config_key": key, "model_config": mc.to_dict(), "train_config": tc.to_dict()}
         # the composed pruner sees the forecast before anything is allocated
         if trial.should_prune():
             reason = self.pruner.forecast_verdict(forecast / MIB) or "pruned before allocation"
-            _set_attrs(trial, allocated=False, prune_kind="memory_forecast", prune_reason=reason)
-            self._upload(trial, mc, tc, None)
+            _set_attrs(trial, **attrs, allocated=False, prune_kind="memory_forecast", prune_reason=reason)
+            self._upload(trial, lambda folder: write_config_files(folder, mc, tc))
             raise optuna.TrialPruned(reason)
-        return self._train_in_child(trial, cand)
+        return self._train_in_child(trial, cand, attrs)
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> float:
         for step, v in sorted(earlier.intermediate_values.items()):
@@ -138,7 +139,7 @@ class Objective:
         trial.set_user_attr("prune_reason", reason)
         raise optuna.TrialPruned(reason)
 
-    def _train_in_child(self, trial: optuna.Trial, cand: Candidate) -> float:
+    def _train_in_child(self, trial: optuna.Trial, cand: Candidate, attrs: dict[str, Any]) -> float:
         mc, tc = cand.model_config, cand.train_config
         s = self.settings
         request = {
@@ -147,17 +148,21 @@ class Objective:
         }
         if self.progress is not None:
             self.progress.trial_started(trial.number, tc.max_steps, f"{cand.attrs['heads']} ({cand.attrs['n_params']:,} params)")
+        self._reap()
         parent_conn, child_conn = self._ctx.Pipe()
         proc = self._ctx.Process(target=run_trial, args=(child_conn, request), daemon=True, name=f"mfha-trial-{trial.number}")
-        trial.set_user_attr("allocated", True)
         proc.start()
         self.children_started += 1
         child_conn.close()
+        done = False
         history: list[dict] = []
         peak_rss, last_step = 0, None
         loss_reason: str | None = None
         outcome: tuple = ("died",)
         try:
+            # the child loads its data and builds its model meanwhile; its first evaluation waits for us
+            _set_attrs(trial, **attrs, allocated=True)
+            self._upload(trial, lambda folder: write_config_files(folder, mc, tc))
             watcher = psutil.Process(proc.pid)
             while True:
                 ready = parent_conn.poll(s.watch_interval_s)
@@ -180,15 +185,22 @@ class Objective:
                     _, step, metrics = msg
                     last_step = step
                     history.append(metrics)
-                    trial.report(metrics["val_bpc"], step)
-                    stop = trial.should_prune()
-                    parent_conn.send("stop" if stop else "continue")
-                    if stop:
-                        loss_reason = self.pruner.loss_reason(trial.study, trial.number, step, metrics["val_bpc"])
+                    if step >= tc.max_steps:
+                        # the last evaluation: nothing is left to save, so the child need not wait, and a
+                        # trial that trained to the end is COMPLETE
+                        parent_conn.send("continue")
+                        trial.report(metrics["val_bpc"], step)
+                    else:
+                        trial.report(metrics["val_bpc"], step)
+                        stop = trial.should_prune()
+                        parent_conn.send("stop" if stop else "continue")
+                        if stop:
+                            loss_reason = self.pruner.loss_reason(trial.study, trial.number, step, metrics["val_bpc"])
                     if self.progress is not None:
                         self.progress.trial_eval(step, metrics)
                 else:
                     outcome = msg
+                    done = msg[0] == "done"
                     break
         except BaseException:
             # Ctrl-C / SIGTERM / a storage error: the child must not outlive the trial it belongs to
@@ -196,11 +208,25 @@ class Objective:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
         finally:
+            parent_conn.close()
+            if done:
+                self._exiting.append(proc)  # it has sent its result; let it exit while we record the trial
+            else:
+                proc.join(JOIN_TIMEOUT_S)
+                if proc.is_alive():
+                    _kill(proc)
+        return self._finish(trial, cand, outcome, history, peak_rss, loss_reason, proc.exitcode)
+
+    def close(self) -> None:
+        self._reap()
+
+    def _reap(self) -> None:
+        """Join trial processes that finished earlier (freeing a large address space takes a while)."""
+        for proc in self._exiting:
             proc.join(JOIN_TIMEOUT_S)
             if proc.is_alive():
                 _kill(proc)
-            parent_conn.close()
-        return self._finish(trial, cand, outcome, history, peak_rss, loss_reason, proc.exitcode)
+        self._exiting.clear()
 
     def _memory_verdict(self, rss: int, step: int | None) -> str | None:
         """The RAM limit holds for the trial process on every device (on CUDA the child enforces the GPU's)."""
@@ -223,7 +249,9 @@ class Objective:
             final["tokens_per_s"] = round(last["tokens_per_s"], 1)
         if train_s:
             final["train_s"] = round(train_s, 3)
-        self._upload(trial, ModelConfig.from_dict(result["model_config"]) if result else mc, tc, history)
+        if history:
+            title = f"{self.config.name} trial {trial.number}: {mc.describe_heads()}"
+            self._upload(trial, lambda folder: write_result_files(folder, history, title))
 
         kind, reason = None, None
         if outcome[0] == "done" and loss_reason is not None:
@@ -245,13 +273,12 @@ class Objective:
         _set_attrs(trial, **final)
         return float(history[-1]["val_bpc"])
 
-    def _upload(self, trial: optuna.Trial, mc: ModelConfig, tc: TrainConfig, history: list[dict] | None) -> None:
+    def _upload(self, trial: optuna.Trial, write: Callable[[Path], list[Path]]) -> None:
         if self.settings.artifacts is None:
             return
         folder = Path(tempfile.mkdtemp(prefix=f"trial-{trial.number}-", dir=self.settings.scratch))
         try:
-            title = f"{self.config.name} trial {trial.number}: {mc.describe_heads()}"
-            upload_trial_artifacts(self.settings.artifacts, trial, write_trial_files(folder, mc, tc, history, title))
+            upload_trial_artifacts(self.settings.artifacts, trial, write(folder))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

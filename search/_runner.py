@@ -194,6 +194,7 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     finally:
         bars.close()
         timings["optimize_s"] = time.perf_counter() - t_loop
+        objective.close()
     if fails.message is not None and not interrupted:
         raise MFHAError(fails.message)
     trials = study.get_trials(deepcopy=False)

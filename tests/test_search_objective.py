@@ -137,7 +137,7 @@ def test_a_crashing_trial_fails_and_the_study_goes_on(tmp_path, tinystories):
     mc = s.prep.space.model_config((uniform(1, 8),), 1, 32, 4.0, s.prep.vocab_sizes[None])
     mc.max_seq_len = 16  # the child's trainer rejects seq_len 32 > max_seq_len 16: a real error in the trial process
     bad = Candidate(mc, s.config.train_config(), {"heads": "1x8", "n_params": 0})
-    s.study.optimize(lambda trial: s.objective._train_in_child(trial, bad), n_trials=1, catch=(TrialFailed,))
+    s.study.optimize(lambda trial: s.objective._train_in_child(trial, bad, bad.attrs), n_trials=1, catch=(TrialFailed,))
     trials = s.optimize(1)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert "seq_len" in trials[1].user_attrs["fail_reason"]
