@@ -131,8 +131,9 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     from search._objective import start_forkserver
 
     t_start = time.perf_counter()
-    start_forkserver()  # its imports overlap the data and baseline work below
+    # the storage first: a bad URL or an unwritable folder is reported before the forkserver starts
     storage = make_storage(config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s)
+    start_forkserver()  # its imports overlap the data and baseline work below
     prep = prepare(config, workers=workers, cache_dir=cache_dir)
     t_prepared = time.perf_counter()
     # a server database is there to be shared: assume other workers (other machines) on the study
