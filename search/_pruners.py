@@ -59,16 +59,21 @@ class MemoryAwarePruner(BasePruner):
         return f"{name or self.memory_name} measured {fmt_bytes(measured_bytes)} > limit {fmt_bytes(limit)}{at}: trial process stopped"
 
     def loss_reason(self, study: optuna.Study, number: int, step: int, value: float) -> str:
-        """Why the loss pruner stopped trial `number` at `step`: its value against the other trials there."""
+        """Why the loss pruner stopped trial `number` at `step`: its value against the trials it was compared with."""
+        # median, percentile and wilcoxon compare with COMPLETE trials; the rung pruners with every finished one
+        rungs = self.kind in ("successive_halving", "hyperband")
+        states = (TrialState.COMPLETE, TrialState.PRUNED) if rungs else (TrialState.COMPLETE,)
         others = [
             t.intermediate_values[step]
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            for t in study.get_trials(deepcopy=False, states=states)
             if t.number != number and step in t.intermediate_values
         ]
         head = f"lagging loss ({self.kind} pruner): val_bpc {value:.4f} at step {step}"
         if not others:
             return head
-        return f"{head}; other trials at step {step}: median {statistics.median(others):.4f}, best {min(others):.4f} (n={len(others)})"
+        which = "finished" if rungs else "complete"
+        return (f"{head}; {which} trials at step {step}: median {statistics.median(others):.4f}, "
+                f"best {min(others):.4f} (n={len(others)})")
 
 
 def make_loss_pruner(p: PruningConfig, *, max_steps: int, eval_interval: int) -> BasePruner:

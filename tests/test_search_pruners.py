@@ -69,7 +69,7 @@ def test_lagging_loss_is_pruned_by_the_median_pruner_with_a_reason():
     lagging.report(4.5, 20)
     assert lagging.should_prune()
     reason = pruner.loss_reason(study, lagging.number, 20, 4.5)
-    assert reason == "lagging loss (median pruner): val_bpc 4.5000 at step 20; other trials at step 20: median 3.0000, best 2.9000 (n=3)"
+    assert reason == "lagging loss (median pruner): val_bpc 4.5000 at step 20; complete trials at step 20: median 3.0000, best 2.9000 (n=3)"
     study.tell(lagging, state=TrialState.PRUNED)
 
 
