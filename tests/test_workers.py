@@ -1,0 +1,123 @@
+"""Several workers on one SQLite study: exact trial counts, `--workers N`, and kill -9 recovery."""
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import make_storage
+from search._workers import SurplusTrial, TrialSlots, worker_threads
+from tests._cli import FINISHED, assert_consistent, kill_group, run_search, start, trials, training_trial, wait_for
+
+# these tests ask for trials by hand, outside `optimize`, which Optuna warns about with a heartbeat
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def _study(tmp_path, **kw):
+    return optuna.create_study(study_name="s", storage=make_storage(f"sqlite:///{tmp_path}/s.db", **kw))
+
+
+def test_a_trial_past_the_count_closes_as_surplus(tmp_path):
+    study = _study(tmp_path)
+    slots = TrialSlots(2, poll_s=0.01)
+    a, b, c = study.ask(), study.ask(), study.ask()
+    slots.claim(a)
+    slots.claim(b)
+    study.tell(a, 1.0)
+    study.tell(b, 2.0)
+    with pytest.raises(SurplusTrial, match="surplus: the study already holds its 2 finished trials"):
+        slots.claim(c)
+    assert c.study.get_trials()[2].user_attrs["fail_reason"].startswith("surplus")
+    assert slots.wait_for_slot(study) is False
+
+
+def test_a_trial_behind_the_last_slot_waits_and_takes_it_when_one_fails(tmp_path):
+    study = _study(tmp_path)
+    slots = TrialSlots(1, poll_s=0.01)
+    a, b = study.ask(), study.ask()
+    slots.claim(a)
+    claimed = threading.Event()
+    waiter = threading.Thread(target=lambda: (slots.claim(b), claimed.set()), daemon=True)
+    waiter.start()
+    time.sleep(0.3)
+    assert not claimed.is_set()  # trial a holds the only slot
+    study.tell(a, state=TrialState.FAIL)
+    waiter.join(5)
+    assert claimed.is_set()
+
+
+def test_a_retry_ranks_ahead_of_fresh_trials(tmp_path):
+    study = _study(tmp_path)
+    slots = TrialSlots(2, poll_s=0.01, deadline=time.monotonic() + 0.5)
+    fresh = study.ask()
+    slots.claim(fresh)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 0}))
+    retry = study.ask()  # pops the waiting retry
+    slots.claim(retry)  # ahead of it: nothing but finished trials
+    late = study.ask()
+    with pytest.raises(SurplusTrial):  # two trials ahead hold both slots until the deadline
+        slots.claim(late)
+
+
+def test_a_dead_workers_trial_is_failed_after_the_grace_period_and_queued_again(tmp_path):
+    study = _study(tmp_path, heartbeat_interval=1, grace_period=1)
+    dead = study.ask()
+    x = dead.suggest_float("x", 0, 1)
+    study._storage.record_heartbeat(dead._trial_id)  # then nothing: its worker died
+    slots = TrialSlots(1, poll_s=0.2, deadline=time.monotonic() + 20)
+    t0 = time.monotonic()
+    assert slots.wait_for_slot(study) is True
+    assert time.monotonic() - t0 >= 1
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {0: TrialState.FAIL, 1: TrialState.WAITING}
+    retry = study.ask()
+    assert retry.number == 1 and retry.params == {"x": x}
+
+
+def test_worker_threads_never_oversubscribe():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert worker_threads(None, 1) == cores
+    assert worker_threads(None, cores * 2) == 1
+    assert worker_threads(64, 1) == cores
+    assert worker_threads(1, 1) == 1
+
+
+@pytest.mark.slow
+def test_workers_flag_on_sqlite_runs_exactly_n_trials_without_lock_errors(tmp_path, tiny_study):
+    url = f"sqlite:///{tmp_path}/mfha.db"
+    proc = run_search("run", "--study", str(tiny_study(n_trials=6)), "--storage", url, "--workers", "3", "--no-progress", timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "locked" not in proc.stderr and "Traceback" not in proc.stderr
+    ts = trials(url, "tiny")
+    assert_consistent(ts, 6)
+    done = [t for t in ts if t.state in FINISHED]
+    assert len({t.user_attrs["worker"] for t in done}) >= 2  # shared out, not one worker doing it all
+    assert {t.user_attrs["threads"] for t in done} == {worker_threads(None, 3)}
+    assert "study 'tiny':" in proc.stdout and "6 complete" in proc.stdout
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_sqlite_worker_is_retried_by_the_live_one(tmp_path, tiny_study):
+    url = f"sqlite:///{tmp_path}/mfha.db"
+    study = tiny_study(n_trials=3, steps=400)
+    victim = start("run", "--study", str(study), "--storage", url, "--no-progress")
+    survivor = None
+    try:
+        killed = wait_for("the victim to train a trial", lambda: training_trial(url, "tiny", victim.pid), procs=(victim,))
+        survivor = start("run", "--study", str(study), "--storage", url, "--no-progress")
+        kill_group(victim)  # the worker, its forkserver and its trial process, as a crash would
+        victim.wait(10)
+        out, err = survivor.communicate(timeout=400)
+    finally:
+        for p in (victim, survivor):
+            if p is not None and p.poll() is None:
+                kill_group(p)
+    assert survivor.returncode == 0, err[-3000:]
+    ts = trials(url, "tiny")
+    assert ts[killed.number].state == TrialState.FAIL
+    retries = [t for t in ts if t.system_attrs.get("failed_trial") == killed.number]
+    assert retries and retries[0].state in FINISHED and retries[0].params == killed.params
+    assert_consistent(ts, 3)
