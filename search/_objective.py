@@ -91,6 +91,10 @@ class Objective:
         self.current_trial_number: int | None = None
         self.overhead_s = 0.0  # time in this process per trial outside the child's training, summed
         self.train_s = 0.0
+        p = config.pruning
+        # Optuna's median and percentile pruners never prune before n_warmup_steps
+        self.no_prune_before = p.warmup_steps if p.pruner in ("median", "percentile") else 0
+        self.extra_attrs: dict[str, Any] = {}  # written on every trial with its own attrs
         self._exiting: list[multiprocessing.process.BaseProcess] = []
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)  # no effect once start_forkserver() has run
@@ -119,7 +123,7 @@ class Objective:
             return self._reuse(trial, earlier)
         forecast = estimate_training_peak(mc, tc, self.settings.device, baseline_bytes=self.settings.baseline_bytes)
         trial.set_user_attr(FORECAST_ATTR, round(forecast / MIB, 1))
-        attrs = {**cand.attrs, "config_key": key, "model_config": mc.to_dict(), "train_config": tc.to_dict()}
+        attrs = {**cand.attrs, "config_key": key, "model_config": mc.to_dict(), "train_config": tc.to_dict(), **self.extra_attrs}
         # the composed pruner sees the forecast before anything is allocated
         if trial.should_prune():
             reason = self.pruner.forecast_verdict(forecast / MIB) or "pruned before allocation"
@@ -185,9 +189,9 @@ class Objective:
                     _, step, metrics = msg
                     last_step = step
                     history.append(metrics)
-                    if step >= tc.max_steps:
-                        # the last evaluation: nothing is left to save, so the child need not wait, and a
-                        # trial that trained to the end is COMPLETE
+                    if step >= tc.max_steps or step < self.no_prune_before:
+                        # the last evaluation (nothing left to save: a trial that trained to the end is
+                        # COMPLETE) or one in the pruner's warm-up: the child need not wait for us
                         parent_conn.send("continue")
                         trial.report(metrics["val_bpc"], step)
                     else:

@@ -172,12 +172,11 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     interrupted = False
     deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
     slots = TrialSlots(total, deadline=deadline, log=log) if total is not None else None
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    # which machine and process ran a trial, for the dashboard; written with the trial's other attrs
+    objective.extra_attrs = {"worker": f"{socket.gethostname()}:{os.getpid()}", "threads": settings.threads}
 
     def run_trial(trial: optuna.Trial) -> float:
         objective.current_trial_id, objective.current_trial_number = trial._trial_id, trial.number
-        trial.set_user_attr("worker", worker)  # which machine and process ran it, for the dashboard
-        trial.set_user_attr("threads", settings.threads)
         if slots is not None:
             slots.claim(trial)
         return objective(trial)
