@@ -1,7 +1,9 @@
 """The trial process: trains one configuration and talks to the study process over a Pipe.
 
 Started from a forkserver that has already imported this module (and so torch and mfha), so a trial
-starts in milliseconds. Messages to the parent:
+starts in milliseconds. `serve` is the same process started ahead of time: it loads the study's
+data and then waits for its configuration, so the next trial starts with nothing left to load.
+Messages to the parent:
     ("eval", step, metrics)   then waits for "continue" or "stop"
     ("done", result)          result: history, steps, stopped_early, train_s, model_config
     ("error", kind, message)  kind: oom | diverged | config | crash
@@ -23,11 +25,32 @@ from mfha.errors import MFHAError, TrainingDiverged
 from mfha.train import train
 
 
-def run_trial(conn: Connection, request: dict[str, Any]) -> None:
+def serve(conn: Connection, common: dict[str, Any]) -> None:
+    """Load the data of every `common["preload"]` train config, then run the one request that comes (None: exit)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(common["threads"])
+    loaded = {}
+    for tc in common.get("preload", []):
+        cfg = TrainConfig.from_dict(tc)
+        try:
+            loaded[_data_key(cfg)] = load_data(cfg, cache_dir=common["cache_dir"])
+        except MFHAError:
+            break  # the trial loads it again and reports the error to the study process
+
+    try:
+        request = conn.recv()
+    except EOFError:  # the study process went away
+        return
+    if request is None:
+        return
+    run_trial(conn, {**common, **request}, loaded=loaded)
+
+
+def run_trial(conn: Connection, request: dict[str, Any], *, loaded: dict | None = None) -> None:
     # Ctrl-C reaches the whole process group; the study process decides what happens to the trial
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        conn.send(_train(conn, request))
+        conn.send(_train(conn, request, loaded or {}))
     except TrainingDiverged as e:
         conn.send(("error", "diverged", str(e)))
     except (torch.OutOfMemoryError, MemoryError) as e:
@@ -44,11 +67,11 @@ def run_trial(conn: Connection, request: dict[str, Any]) -> None:
         conn.close()
 
 
-def _train(conn: Connection, request: dict[str, Any]) -> tuple:
+def _train(conn: Connection, request: dict[str, Any], loaded: dict) -> tuple:
     torch.set_num_threads(request["threads"])
     mc = ModelConfig.from_dict(request["model_config"])
     tc = TrainConfig.from_dict(request["train_config"])
-    data = load_data(tc, cache_dir=request["cache_dir"])
+    data = loaded.get(_data_key(tc)) or load_data(tc, cache_dir=request["cache_dir"])
     gpu_limit = request.get("gpu_limit")
     if gpu_limit is not None and torch.cuda.is_available() and tc.device in ("cuda", "auto"):
         total = torch.cuda.get_device_properties(0).total_memory
@@ -68,6 +91,11 @@ def _train(conn: Connection, request: dict[str, Any]) -> tuple:
     })
 
 
+def _data_key(tc: TrainConfig) -> tuple:
+    """The fields that pick the data (see mfha.data.load_data's cache key)."""
+    return (tc.dataset, tc.text_column, tc.max_train_stories, tc.max_train_tokens, tc.max_val_stories, tc.tokenizer_vocab)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
@@ -78,4 +106,4 @@ def _tail(e: BaseException) -> str:
     return "".join(lines[-3:]).strip()
 
 
-__all__ = ["run_trial"]
+__all__ = ["run_trial", "serve"]

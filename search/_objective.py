@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import MFHAError
 from mfha.memory import estimate_training_peak
-from search._child import run_trial
+from search._child import serve
 from search._dashboard import upload_trial_artifacts, write_config_files, write_result_files
 from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
 from search._space import Candidate, Infeasible, SearchSpace
@@ -96,6 +96,7 @@ class Objective:
         self.no_prune_before = p.warmup_steps if p.pruner in ("median", "percentile") else 0
         self.extra_attrs: dict[str, Any] = {}  # written on every trial with its own attrs
         self._exiting: list[multiprocessing.process.BaseProcess] = []
+        self._spare: tuple[multiprocessing.process.BaseProcess, Any] | None = None
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)  # no effect once start_forkserver() has run
 
@@ -146,18 +147,13 @@ class Objective:
     def _train_in_child(self, trial: optuna.Trial, cand: Candidate, attrs: dict[str, Any]) -> float:
         mc, tc = cand.model_config, cand.train_config
         s = self.settings
-        request = {
-            "model_config": mc.to_dict(), "train_config": tc.to_dict(), "cache_dir": str(s.cache_dir),
-            "threads": s.threads, "gpu_limit": s.gpu_limit,
-        }
+        request = {"model_config": mc.to_dict(), "train_config": tc.to_dict()}
         if self.progress is not None:
             self.progress.trial_started(trial.number, tc.max_steps, f"{cand.attrs['heads']} ({cand.attrs['n_params']:,} params)")
         self._reap()
-        parent_conn, child_conn = self._ctx.Pipe()
-        proc = self._ctx.Process(target=run_trial, args=(child_conn, request), daemon=True, name=f"mfha-trial-{trial.number}")
-        proc.start()
+        proc, parent_conn = self._take_spare() or self._start()
+        parent_conn.send(request)
         self.children_started += 1
-        child_conn.close()
         done = False
         history: list[dict] = []
         peak_rss, last_step = 0, None
@@ -215,13 +211,44 @@ class Objective:
             parent_conn.close()
             if done:
                 self._exiting.append(proc)  # it has sent its result; let it exit while we record the trial
+                # the next trial's process loads its data while this one is recorded and the next sampled
+                self._spare = self._start()
             else:
                 proc.join(JOIN_TIMEOUT_S)
                 if proc.is_alive():
                     _kill(proc)
         return self._finish(trial, cand, outcome, history, peak_rss, loss_reason, proc.exitcode)
 
+    def _start(self) -> tuple[multiprocessing.process.BaseProcess, Any]:
+        """A trial process, started ahead of its configuration: it loads the data, then waits."""
+        s = self.settings
+        common = {"cache_dir": str(s.cache_dir), "threads": s.threads, "gpu_limit": s.gpu_limit,
+                  "preload": [self.config.train_config(tokenizer_vocab=v).to_dict() for v in self.config.vocab_choices]}
+        parent_conn, child_conn = self._ctx.Pipe()
+        proc = self._ctx.Process(target=serve, args=(child_conn, common), daemon=True, name="mfha-trial")
+        proc.start()
+        child_conn.close()
+        return proc, parent_conn
+
+    def _take_spare(self) -> tuple[multiprocessing.process.BaseProcess, Any] | None:
+        spare, self._spare = self._spare, None
+        if spare is not None and not spare[0].is_alive():  # it died waiting (killed from outside)
+            spare[1].close()
+            self._exiting.append(spare[0])
+            return None
+        return spare
+
     def close(self) -> None:
+        """Stop the spare trial process and join the finished ones."""
+        if self._spare is not None:
+            proc, conn = self._spare
+            self._spare = None
+            try:
+                conn.send(None)
+            except OSError:
+                pass  # it is gone already; the join below reaps it
+            conn.close()
+            self._exiting.append(proc)
         self._reap()
 
     def _reap(self) -> None:

@@ -70,10 +70,14 @@ def make_storage(
             # documented way to recover a dead worker's trials
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
-            storage = RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period if heartbeat_interval else None, heartbeat_stale_trial_callback=callback,
-            )
+            kwargs = dict(engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                          grace_period=grace_period if heartbeat_interval else None, heartbeat_stale_trial_callback=callback)
+            try:
+                storage = RDBStorage(url, **kwargs)
+            except sqlalchemy.exc.IntegrityError:
+                # another process created the same new database at the same moment (both wrote its
+                # schema version row); it exists now, so a second open only reads it
+                storage = RDBStorage(url, **kwargs)
     except sqlalchemy.exc.NoSuchModuleError:
         raise ConfigError(f"{flag} names a database driver SQLAlchemy does not know; use a URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}.") from None
     except sqlalchemy.exc.ArgumentError:

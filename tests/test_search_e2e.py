@@ -7,6 +7,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -183,12 +184,7 @@ def test_ctrl_c_closes_the_running_trial_and_a_rerun_resumes(tmp_path, tinystori
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "no trial started training within 120 s"
             time.sleep(0.5)
-            if (tmp_path / "mfha.db").exists():
-                try:
-                    trials = optuna.load_study(study_name="smoke", storage=url).get_trials(deepcopy=False)
-                except (KeyError, ValueError):
-                    continue
-                training = next((t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values), None)
+            training = _running_trial_with_evaluations(tmp_path / "mfha.db")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
         _, err = proc.communicate(timeout=60)
     finally:
@@ -199,7 +195,7 @@ def test_ctrl_c_closes_the_running_trial_and_a_rerun_resumes(tmp_path, tinystori
     study = optuna.load_study(study_name="smoke", storage=url)
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states
-    stopped = study.trials[training.number]
+    stopped = study.trials[training]
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["fail_reason"] == "interrupted"
     assert TrialState.WAITING in states  # queued again for the next run
     time.sleep(1)
@@ -211,9 +207,24 @@ def test_ctrl_c_closes_the_running_trial_and_a_rerun_resumes(tmp_path, tinystori
                        "--n-trials", str(finished + 1), timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     study = optuna.load_study(study_name="smoke", storage=url)
-    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == training.number]
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == training]
     assert retried and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retried[0].params == stopped.params
+
+
+def _running_trial_with_evaluations(db: Path) -> int | None:
+    """The number of a RUNNING trial that has reported, read without writing (the run is creating the file)."""
+    if not db.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            row = con.execute(
+                "SELECT t.number FROM trials t WHERE t.state = 'RUNNING' AND EXISTS "
+                "(SELECT 1 FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id)"
+            ).fetchone()
+    except sqlite3.OperationalError:  # tables not created yet, or busy
+        return None
+    return row[0] if row else None
 
 
 def _alive(p: psutil.Process) -> bool:
