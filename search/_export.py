@@ -156,6 +156,8 @@ def show(storage_url: str, name: str, *, top: int = 10, csv: str | Path | None =
         return f"study {name!r} has no trials yet."
     order = df.assign(_done=df["state"] != "COMPLETE").sort_values(["_done", "val_bpc", "number"], na_position="last")
     table = order.drop(columns="_done").head(top)
+    ints = ["tokens_per_s", "n_params", "n_layers", "dim", "batch_size"]
+    table = table.assign(**{c: pd.to_numeric(table[c], errors="coerce").round().astype("Int64") for c in ints})
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 48):
         return table.to_string(index=False, float_format=lambda x: f"{x:.4g}")
 

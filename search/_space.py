@@ -151,7 +151,8 @@ class SearchSpace:
         if not self.lo <= n_params <= self.hi:
             raise Infeasible(f"n_layers={n_layers}, dim={dim} give {n_params:,} parameters, outside the band [{self.lo:,}, {self.hi:,}]")
         tc = self.config.train_config(lr=lr, batch_size=batch_size, tokenizer_vocab=vocab_choice)
-        attrs = {"heads": mc.describe_heads(), "family": "/".join(dict.fromkeys(families)), "n_params": n_params}
+        used = families if n_layers > 1 else families[:1]  # one layer takes the lower spec only
+        attrs = {"heads": mc.describe_heads(), "family": "/".join(dict.fromkeys(used)), "n_params": n_params}
         return Candidate(mc, tc, attrs)
 
     def _suggest_heads(self, trial: optuna.Trial, prefix: str) -> tuple[str, HeadSpec]:
@@ -241,7 +242,8 @@ class SearchSpace:
         mc = self.model_config(tuple(specs), depth, plan[depth][0], mlp_mult, vocab)
         lr = s.lr.min if isinstance(s.lr, FloatRange) else rng.choice(s.lr)
         tc = self.config.train_config(lr=lr, batch_size=batch_size or rng.choice(s.batch_size), tokenizer_vocab=vocab_choice)
-        return Candidate(mc, tc, {"heads": mc.describe_heads(), "family": "/".join(dict.fromkeys(fams)), "n_params": plan[depth][1]})
+        used = fams if depth > 1 else fams[:1]
+        return Candidate(mc, tc, {"heads": mc.describe_heads(), "family": "/".join(dict.fromkeys(used)), "n_params": plan[depth][1]})
 
     def infeasible_share(self, n: int = 400, seed: int = 0) -> tuple[float, str]:
         """Share of uniformly drawn head/MLP/vocab choices that no depth and width can fit, and one example."""
