@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-import mfha.data  # noqa: F401  (preloaded in the forkserver)
 from mfha.config import ModelConfig, TrainConfig
 from mfha.data import load_data
 from mfha.errors import MFHAError, TrainingDiverged

@@ -202,10 +202,11 @@ class Objective:
                     outcome = msg
                     done = msg[0] == "done"
                     break
-        except BaseException:
+        except BaseException as e:
             # Ctrl-C / SIGTERM / a storage error: the child must not outlive the trial it belongs to
             _kill(proc)
-            trial.set_user_attr("fail_reason", "interrupted")
+            if isinstance(e, KeyboardInterrupt):
+                trial.set_user_attr("fail_reason", "interrupted")
             raise
         finally:
             parent_conn.close()
@@ -267,7 +268,7 @@ class Objective:
 
     def _finish(self, trial: optuna.Trial, cand: Candidate, outcome: tuple, history: list[dict],
                 peak_rss: int, loss_reason: str | None, exitcode: int | None) -> float:
-        mc, tc = cand.model_config, cand.train_config
+        mc = cand.model_config
         result = outcome[1] if outcome[0] == "done" else {}
         train_s = self._train_s = result.get("train_s", 0.0)
         last = history[-1] if history else {}

@@ -10,7 +10,7 @@ import itertools
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
@@ -169,8 +169,6 @@ class StudyConfig:
     def with_overrides(self, *, dataset: str | None = None, storage: str | None = None,
                        n_trials: int | None = None, timeout_s: float | None = None) -> StudyConfig:
         """A copy with command-line values in place of the file's (flag names in the errors)."""
-        from dataclasses import replace
-
         if n_trials is not None and (not _is_int(n_trials) or n_trials < 1):
             raise ConfigError(f"--n-trials must be a positive integer, but got {n_trials=}.")
         if timeout_s is not None and (not _is_num(timeout_s) or timeout_s <= 0):
@@ -518,8 +516,6 @@ def _prefix_keys(msg: str, sections: dict[str, str]) -> str:
 
 
 def _replace_space(space: SpaceConfig, **kw: Any) -> SpaceConfig:
-    from dataclasses import replace
-
     return replace(space, **kw)
 
 
