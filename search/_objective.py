@@ -160,10 +160,10 @@ class Objective:
         loss_reason: str | None = None
         outcome: tuple = ("died",)
         try:
+            watcher = _watcher(proc.pid)
             # the child loads its data and builds its model meanwhile; its first evaluation waits for us
             _set_attrs(trial, **attrs, allocated=True)
             self._upload(trial, lambda folder: write_config_files(folder, mc, tc))
-            watcher = psutil.Process(proc.pid)
             while True:
                 ready = parent_conn.poll(s.watch_interval_s)
                 rss = _rss(watcher)
@@ -328,7 +328,16 @@ def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
         trial.set_user_attr(k, v)
 
 
-def _rss(p: psutil.Process) -> int:
+def _watcher(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:  # it failed and exited already; its message is in the pipe
+        return None
+
+
+def _rss(p: psutil.Process | None) -> int:
+    if p is None:
+        return 0
     try:
         return p.memory_info().rss
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
