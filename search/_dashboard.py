@@ -17,7 +17,6 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import ConfigError
-from mfha.train import METRIC_FIELDS
 from search._storage import default_artifacts_dir, make_storage, mask_url
 from search._study_file import StudyConfig, domain_values
 from search._pruners import fmt_bytes
@@ -42,6 +41,8 @@ def write_config_files(folder: Path, model_config: ModelConfig, train_config: Tr
 
 def write_result_files(folder: Path, history: list[dict], title: str) -> list[Path]:
     """metrics.csv (the trainer's columns) and loss_curve.png, once the trial has evaluated."""
+    from mfha.train import METRIC_FIELDS  # here: `run_search.py dashboard` need not import torch
+
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "metrics.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
