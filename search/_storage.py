@@ -13,6 +13,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from mfha.errors import ConfigError
+from search._fast_storage import FastReadRDBStorage  # Optuna's RDBStorage, bulk reads without the ORM
 from search._study_file import DEFAULT_STORAGE
 
 HEARTBEAT_INTERVAL_S = 30
@@ -73,11 +74,11 @@ def make_storage(
             kwargs = dict(engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                           grace_period=grace_period if heartbeat_interval else None, heartbeat_stale_trial_callback=callback)
             try:
-                storage = RDBStorage(url, **kwargs)
+                storage = FastReadRDBStorage(url, **kwargs)
             except sqlalchemy.exc.IntegrityError:
                 # another process created the same new database at the same moment (both wrote its
                 # schema version row); it exists now, so a second open only reads it
-                storage = RDBStorage(url, **kwargs)
+                storage = FastReadRDBStorage(url, **kwargs)
     except sqlalchemy.exc.NoSuchModuleError:
         raise ConfigError(f"{flag} names a database driver SQLAlchemy does not know; use a URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}.") from None
     except sqlalchemy.exc.ArgumentError:
