@@ -1,6 +1,6 @@
 """What loss pruning buys: one fixed CPU study run with pruning off, then on.
 
-    python bench/search_efficiency.py [--trials 16] [--steps 400] [--pruner successive_halving] [--quick]
+    python bench/search_efficiency.py [--trials 16] [--steps 400] [--pruner successive_halving] [--reduction-factor 4] [--quick]
 
 Both runs see the same sequence of configurations (a seeded random sampler, whose draws do not
 depend on results), so the comparison isolates the pruner: training steps spent (pruned / unpruned)
@@ -25,7 +25,7 @@ DATASET = str(ROOT.parent / "shared/data/tinystories")
 SMOKE = ROOT / "studies" / "smoke.toml"
 
 
-def run(pruner: str, *, trials: int, steps: int, folder: Path, seed: int) -> dict:
+def run(pruner: str, *, trials: int, steps: int, folder: Path, seed: int, reduction_factor: int = 4) -> dict:
     import optuna
 
     from search import SamplerConfig, load_study_file, run_study
@@ -35,10 +35,11 @@ def run(pruner: str, *, trials: int, steps: int, folder: Path, seed: int) -> dic
         base.with_overrides(dataset=DATASET, storage=f"sqlite:///{folder}/efficiency.db", n_trials=trials),
         name=f"efficiency-{pruner}", timeout_s=None,
         space=replace(base.space, batch_size=(16,)),
-        # character models sit on the unigram plateau (~4.4 bits/char) for their first ~100 steps, where
-        # every curve looks alike: the first pruning decision comes at a quarter of the run
-        training={**base.training, "max_steps": steps, "eval_interval": steps // 8},
-        pruning=replace(base.pruning, pruner=pruner, warmup_steps=steps // 4, min_resource=steps // 4, percentile=25.0),
+        # character models sit on the unigram plateau (~4.4 bits/char) for their first ~60 steps, where
+        # every curve looks alike: the first pruning decision comes at a fifth of the run
+        training={**base.training, "max_steps": steps, "eval_interval": steps // 10},
+        pruning=replace(base.pruning, pruner=pruner, warmup_steps=steps // 5, min_resource=steps // 5,
+                        reduction_factor=reduction_factor, percentile=25.0),
         sampler=SamplerConfig(kind="random", seed=seed),
     )
     t0 = time.perf_counter()
@@ -57,8 +58,9 @@ def run(pruner: str, *, trials: int, steps: int, folder: Path, seed: int) -> dic
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=16)
-    p.add_argument("--steps", type=int, default=400, help="training steps per trial (evaluated every steps/8)")
+    p.add_argument("--steps", type=int, default=400, help="training steps per trial (evaluated every steps/10)")
     p.add_argument("--pruner", default="successive_halving", help="the pruner of the 'on' run (a study-file pruner name)")
+    p.add_argument("--reduction-factor", type=int, default=4, help="successive halving / hyperband: keep 1 in this many per rung")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="6 trials of 100 steps: a smoke test of this bench")
     args = p.parse_args()
@@ -67,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         off = run("none", trials=args.trials, steps=args.steps, folder=Path(tmp), seed=args.seed)
         print(json.dumps({k: v for k, v in off.items() if k != "configs"}), flush=True)
-        on = run(args.pruner, trials=args.trials, steps=args.steps, folder=Path(tmp), seed=args.seed)
+        on = run(args.pruner, trials=args.trials, steps=args.steps, folder=Path(tmp), seed=args.seed, reduction_factor=args.reduction_factor)
         print(json.dumps({k: v for k, v in on.items() if k != "configs"}), flush=True)
     if on["configs"] != off["configs"]:
         raise SystemExit("the two runs saw different configurations; the comparison would not isolate the pruner")

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,7 @@ class Objective:
         self.extra_attrs: dict[str, Any] = {}  # written on every trial with its own attrs
         self._exiting: list[multiprocessing.process.BaseProcess] = []
         self._spare: tuple[multiprocessing.process.BaseProcess, Any] | None = None
+        self._spare_job: tuple[threading.Thread, dict] | None = None
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)  # no effect once start_forkserver() has run
 
@@ -212,8 +214,9 @@ class Objective:
             parent_conn.close()
             if done:
                 self._exiting.append(proc)  # it has sent its result; let it exit while we record the trial
-                # the next trial's process loads its data while this one is recorded and the next sampled
-                self._spare = self._start()
+                # the next trial's process starts and loads its data while this one is recorded and the
+                # next sampled (the forkserver round trip runs in a thread: it is mostly waiting)
+                self._start_spare()
             else:
                 proc.join(JOIN_TIMEOUT_S)
                 if proc.is_alive():
@@ -231,7 +234,26 @@ class Objective:
         child_conn.close()
         return proc, parent_conn
 
+    def _start_spare(self) -> None:
+        box: dict[str, Any] = {}
+
+        def start() -> None:
+            try:
+                box["spare"] = self._start()
+            except Exception as e:  # noqa: BLE001 - the next trial starts its process itself and meets the error there
+                box["error"] = e
+
+        thread = threading.Thread(target=start, name="mfha-spare-trial", daemon=True)
+        thread.start()
+        self._spare_job = (thread, box)
+
     def _take_spare(self) -> tuple[multiprocessing.process.BaseProcess, Any] | None:
+        if self._spare_job is not None:
+            thread, box = self._spare_job
+            self._spare_job = None
+            thread.join()
+            # after a failed start ("error"), the caller starts the process itself and meets the error there
+            self._spare = box.get("spare")
         spare, self._spare = self._spare, None
         if spare is not None and not spare[0].is_alive():  # it died waiting (killed from outside)
             spare[1].close()
@@ -241,6 +263,7 @@ class Objective:
 
     def close(self) -> None:
         """Stop the spare trial process and join the finished ones."""
+        self._spare = self._take_spare()
         if self._spare is not None:
             proc, conn = self._spare
             self._spare = None
