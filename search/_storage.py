@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 90  # three missed heartbeats: a trial this stale belongs to a dead worker
 MAX_RETRY = 2
 SQLITE_BUSY_TIMEOUT_S = 60
+CREATE_ATTEMPTS = 5
 DEFAULT_ARTIFACTS = Path("storage/artifacts")
 URL_EXAMPLE = "sqlite:///storage/mfha.db or postgresql+psycopg://USER:PASS@HOST/DB"
 
@@ -73,12 +75,19 @@ def make_storage(
             callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
             kwargs = dict(engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                           grace_period=grace_period if heartbeat_interval else None, heartbeat_stale_trial_callback=callback)
-            try:
-                storage = FastReadRDBStorage(url, **kwargs)
-            except sqlalchemy.exc.IntegrityError:
-                # another process created the same new database at the same moment (both wrote its
-                # schema version row); it exists now, so a second open only reads it
-                storage = FastReadRDBStorage(url, **kwargs)
+            for attempt in range(CREATE_ATTEMPTS):
+                try:
+                    storage = FastReadRDBStorage(url, **kwargs)
+                    break
+                except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+                    if not _creation_race(e):
+                        raise
+                    # other processes are creating the same new database at this moment (tables, the
+                    # schema version row, alembic's table: each step can collide); what they made
+                    # exists now, so the next open goes further, and the last one only reads
+                    if attempt == CREATE_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
     except sqlalchemy.exc.NoSuchModuleError:
         raise ConfigError(f"{flag} names a database driver SQLAlchemy does not know; use a URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}.") from None
     except sqlalchemy.exc.ArgumentError:
@@ -90,6 +99,14 @@ def make_storage(
     if db is not None:
         _tune_sqlite(storage)
     return storage
+
+
+def _creation_race(e: Exception) -> bool:
+    """An error that only a concurrent creation of the same tables raises (unique key, or PostgreSQL's
+    duplicate table / duplicate object)."""
+    import sqlalchemy.exc
+
+    return isinstance(e, sqlalchemy.exc.IntegrityError) or getattr(getattr(e, "orig", None), "sqlstate", None) in ("42P07", "42710")
 
 
 def _prepare_sqlite_file(db: Path, flag: str, create: bool) -> None:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_closes_the_trial_and_a_rerun_resumes(sig, tmp_path, tiny_study):
     url = f"sqlite:///{tmp_path}/mfha.db"
-    study = tiny_study(n_trials=3, steps=400)
+    study = tiny_study(n_trials=2, steps=300)
     proc = start("run", "--study", str(study), "--storage", url, "--no-progress")
     try:
         stopped = wait_for("a trial to train", lambda: training_trial(url, "tiny"), procs=(proc,))
@@ -40,7 +40,7 @@ def test_signal_closes_the_trial_and_a_rerun_resumes(sig, tmp_path, tiny_study):
     again = run_search("run", "--study", str(study), "--storage", url, "--no-progress", timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
     ts = trials(url, "tiny")
-    assert_consistent(ts, 3)
+    assert_consistent(ts, 2)
     resumed = [t for t in ts if t.user_attrs.get("retry_of") == stopped.number]
     assert resumed and resumed[0].state in FINISHED and resumed[0].params == closed.params
 
@@ -48,7 +48,7 @@ def test_signal_closes_the_trial_and_a_rerun_resumes(sig, tmp_path, tiny_study):
 @pytest.mark.parametrize("sig", [signal.SIGTERM], ids=["SIGTERM"])
 def test_signal_to_a_workers_supervisor_reaches_every_worker(sig, tmp_path, tiny_study):
     url = f"sqlite:///{tmp_path}/mfha.db"
-    study = tiny_study(n_trials=4, steps=400)
+    study = tiny_study(n_trials=4, steps=300)
     proc = start("run", "--study", str(study), "--storage", url, "--workers", "2", "--no-progress")
     try:
         wait_for("two trials to train", lambda: sum(t.state == TrialState.RUNNING and bool(t.intermediate_values)

@@ -102,7 +102,7 @@ def test_workers_flag_on_sqlite_runs_exactly_n_trials_without_lock_errors(tmp_pa
 @pytest.mark.slow
 def test_kill_9_of_a_sqlite_worker_is_retried_by_the_live_one(tmp_path, tiny_study):
     url = f"sqlite:///{tmp_path}/mfha.db"
-    study = tiny_study(n_trials=3, steps=400)
+    study = tiny_study(n_trials=2, steps=300)
     victim = start("run", "--study", str(study), "--storage", url, "--no-progress")
     survivor = None
     try:
@@ -120,4 +120,4 @@ def test_kill_9_of_a_sqlite_worker_is_retried_by_the_live_one(tmp_path, tiny_stu
     assert ts[killed.number].state == TrialState.FAIL
     retries = [t for t in ts if t.system_attrs.get("failed_trial") == killed.number]
     assert retries and retries[0].state in FINISHED and retries[0].params == killed.params
-    assert_consistent(ts, 3)
+    assert_consistent(ts, 2)
