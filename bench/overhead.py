@@ -127,6 +127,14 @@ def main() -> None:
         print(json.dumps({"part": "trial_overhead", **over}), flush=True)
         sug = suggest_time(args.fill, Path(tmp))
         print(json.dumps({"part": "suggestion", **sug}), flush=True)
+    print(f"{'measure':<36} {'value':>10}")
+    for label, value in (
+        ("smoke trials", over["trials"]), ("study loop wall s", over["loop_s"]),
+        ("same trainings in one warm process s", over["train_s_reference"]),
+        ("overhead per trial s", over["overhead_s_per_trial"]), ("overhead share (target < 2%)", f"{over['overhead_share']:.2%}"),
+        (f"TPE suggest s at {args.fill} (target < 0.5)", sug["suggest_s_median"]),
+    ):
+        print(f"{label:<36} {value:>10}")
     print(json.dumps({"bench": "overhead", "overhead_share": over["overhead_share"], f"suggest_s_at_{args.fill}": sug["suggest_s_median"]}))
 
 

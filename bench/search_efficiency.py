@@ -73,10 +73,14 @@ def main() -> None:
         print(json.dumps({k: v for k, v in on.items() if k != "configs"}), flush=True)
     if on["configs"] != off["configs"]:
         raise SystemExit("the two runs saw different configurations; the comparison would not isolate the pruner")
-    print(json.dumps({
-        "bench": "search_efficiency", "steps_ratio": round(on["steps"] / off["steps"], 3),
-        "best_gap": round((on["best_val_bpc"] - off["best_val_bpc"]) / off["best_val_bpc"], 4),
-    }))
+    steps_ratio = on["steps"] / off["steps"]
+    best_gap = (on["best_val_bpc"] - off["best_val_bpc"]) / off["best_val_bpc"]
+    print(f"{'pruner':<20} {'trials':>6} {'complete':>8} {'pruned':>6} {'steps':>7} {'best val_bpc':>12} {'best trial':>10} {'wall_s':>7}")
+    for r in (off, on):
+        print(f"{r['pruner']:<20} {r['trials']:>6} {r['complete']:>8} {r['pruned']:>6} {r['steps']:>7} "
+              f"{r['best_val_bpc']:>12.4f} {r['best_trial']:>10} {r['wall_s']:>7.1f}")
+    print(f"steps {steps_ratio:.1%} of unpruned (target <= 50%), best gap {best_gap:+.2%} (target <= 2%)")
+    print(json.dumps({"bench": "search_efficiency", "steps_ratio": round(steps_ratio, 3), "best_gap": round(best_gap, 4)}))
 
 
 if __name__ == "__main__":

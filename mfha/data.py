@@ -322,8 +322,10 @@ def _first_line(e: BaseException) -> str:
 
 def _read_cache(folder: Path) -> TokenizedData:
     tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
-    train = np.load(folder / "train.npy")
-    val = np.load(folder / "val.npy")
+    # memory-mapped: the OS page cache holds one copy for every process that trains on this slice
+    # (a search's trial processes), and a process reads only the windows it samples
+    train = np.load(folder / "train.npy", mmap_mode="r")
+    val = np.load(folder / "val.npy", mmap_mode="r")
     return TokenizedData(tokenizer, train, val, cache_path=folder, cached=True)
 
 

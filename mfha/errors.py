@@ -14,7 +14,7 @@ class DataError(MFHAError):
 
 
 class TrainingDiverged(MFHAError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN, infinite, or several times the uniform guess ln(V)."""
 
 
 __all__ = ["MFHAError", "ConfigError", "DataError", "TrainingDiverged"]

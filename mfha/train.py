@@ -26,6 +26,9 @@ from mfha.tokenizer import Tokenizer
 
 OnEval = Callable[[int, dict], bool | None]
 CHECKPOINT = "checkpoint.pt"
+# An untrained model scores about ln(V) (the uniform guess) and training only lowers it; a mean loss
+# several times that is an exploded run (a huge lr can blow up to a finite 10^4 instead of NaN)
+DIVERGED_OVER_UNIFORM = 4.0
 METRIC_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_bpc", "perplexity", "lr", "tokens_per_s", "peak_mem_bytes", "elapsed_s"]
 
 
@@ -173,9 +176,9 @@ def train(
         if step % tc.eval_interval and step < tc.max_steps and not time_up:
             continue
         train_loss = (loss_sum / window_steps).item()  # one sync per eval, not per step
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss) or train_loss > DIVERGED_OVER_UNIFORM * math.log(model_config.vocab_size):
             raise TrainingDiverged(
-                f"training loss became {train_loss} by step {step} (lr={lr:.3g}); lower --lr / lr or raise warmup_steps."
+                f"training loss became {train_loss:.4g} by step {step} (lr={lr:.3g}); lower --lr / lr or raise warmup_steps."
             )
         now = time.perf_counter()
         train_time = now - t_window

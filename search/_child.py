@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import time
 import traceback
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from mfha.config import ModelConfig, TrainConfig
 from mfha.data import load_data
 from mfha.errors import MFHAError, TrainingDiverged
+from mfha.heads import uniform
 from mfha.train import train
 
 
@@ -35,6 +37,8 @@ def serve(conn: Connection, common: dict[str, Any]) -> None:
             loaded[_data_key(cfg)] = load_data(cfg, cache_dir=common["cache_dir"])
         except MFHAError:
             break  # the trial loads it again and reports the error to the study process
+    if loaded:
+        _warm_up(next(iter(loaded.values())), TrainConfig.from_dict(common["preload"][0]))
 
     try:
         request = conn.recv()
@@ -77,17 +81,36 @@ def _train(conn: Connection, request: dict[str, Any], loaded: dict) -> tuple:
         # the caching allocator refuses beyond this share: an over-limit trial gets an OOM error, not the GPU
         torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_limit / total))
 
+    waited = 0.0
+
     def on_eval(step: int, metrics: dict) -> bool:
+        nonlocal waited
+        t = time.perf_counter()
         conn.send(("eval", step, metrics))
-        return conn.recv() == "stop"
+        stop = conn.recv() == "stop"
+        waited += time.perf_counter() - t
+        return stop
 
     t0 = time.perf_counter()
     result = train(mc, tc, data=data, on_eval=on_eval)
-    train_s = time.perf_counter() - t0
+    # the waits for the study process's report and pruning decision are search overhead, not training
+    train_s = time.perf_counter() - t0 - waited
     return ("done", {
         "history": result.history, "steps": result.steps, "stopped_early": result.stopped_early,
         "train_s": train_s, "model_config": result.model_config.to_dict(),
     })
+
+
+def _warm_up(data, tc: TrainConfig) -> None:
+    """Two steps of a tiny model on the CPU: the first forward, backward, AdamW step and evaluation
+    of a process carry one-off costs (lazy imports, thread pool, allocator) that would otherwise
+    land in the trial's training time; here they run while the previous trial still trains."""
+    model = ModelConfig(dim=16, n_layers=1, heads=uniform(1, 16), max_seq_len=16, vocab_size=data.tokenizer.vocab_size)
+    warm = replace(tc, device="cpu", max_steps=2, eval_interval=1, eval_windows=2, batch_size=2, seq_len=16, warmup_steps=0, max_time_s=None)
+    try:
+        train(model, warm, data=data)
+    except MFHAError:
+        pass  # a slice too short for even this: the trial itself reports it
 
 
 def _data_key(tc: TrainConfig) -> tuple:

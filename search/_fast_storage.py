@@ -5,7 +5,9 @@ Optuna builds one mapped ORM object per stored row: about 35,000 for 1,000 trial
 (params, user attrs, artifact records, intermediate values), 3-5 s on a 2-core machine. The same
 rows through Core queries, with each distribution JSON parsed once, make identical `FrozenTrial`s
 several times faster. Only `_get_trials` (the bulk read behind `get_all_trials` and the cached
-storage's refresh) is replaced; every write and single-trial read is Optuna's own.
+storage's refresh) is replaced; every write and single-trial read is Optuna's own, and
+`set_trial_user_attrs` writes several user attrs through Optuna's own upsert in one transaction
+(a trial records about 15: one commit each cost 4 ms on SQLite).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Container
 from optuna.distributions import json_to_distribution
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import or_, select
 
@@ -83,6 +86,13 @@ class FastReadRDBStorage(RDBStorage):
                 trial_id=trial_id,
             ))
         return out
+
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """`set_trial_user_attr` for every item, committed once."""
+        with _create_scoped_session(self.scoped_session, True) as session:
+            for key, value in attrs.items():
+                self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
 
 
 def _children(conn, model, ids, order: str, *columns: str) -> dict[int, list[tuple]]:

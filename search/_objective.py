@@ -29,6 +29,7 @@ from mfha.errors import MFHAError
 from mfha.memory import estimate_training_peak
 from search._child import serve
 from search._dashboard import upload_trial_artifacts, write_config_files, write_result_files
+from search._fast_storage import FastReadRDBStorage
 from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
 from search._space import Candidate, Infeasible, SearchSpace
 from search._study_file import StudyConfig
@@ -155,6 +156,10 @@ class Objective:
         self._reap()
         proc, parent_conn = self._take_spare() or self._start()
         parent_conn.send(request)
+        # the next trial's process starts and loads its data while this one trains, so it is ready
+        # the moment this trial is recorded and the next one sampled (the forkserver round trip runs
+        # in a thread: it is mostly waiting)
+        self._start_spare()
         self.children_started += 1
         done = False
         history: list[dict] = []
@@ -214,9 +219,6 @@ class Objective:
             parent_conn.close()
             if done:
                 self._exiting.append(proc)  # it has sent its result; let it exit while we record the trial
-                # the next trial's process starts and loads its data while this one is recorded and the
-                # next sampled (the forkserver round trip runs in a thread: it is mostly waiting)
-                self._start_spare()
             else:
                 proc.join(JOIN_TIMEOUT_S)
                 if proc.is_alive():
@@ -273,15 +275,20 @@ class Objective:
                 pass  # it is gone already; the join below reaps it
             conn.close()
             self._exiting.append(proc)
-        self._reap()
+        self._reap(wait=True)
 
-    def _reap(self) -> None:
-        """Join trial processes that finished earlier (freeing a large address space takes a while)."""
+    def _reap(self, *, wait: bool = False) -> None:
+        """Join trial processes that finished earlier; without `wait`, only those already gone (freeing
+        a large address space takes a while, and the next trial need not wait for it)."""
+        still = []
         for proc in self._exiting:
-            proc.join(JOIN_TIMEOUT_S)
-            if proc.is_alive():
-                _kill(proc)
-        self._exiting.clear()
+            if wait:
+                proc.join(JOIN_TIMEOUT_S)
+                if proc.is_alive():
+                    _kill(proc)
+            elif proc.is_alive():  # is_alive() also reaps a process that has exited
+                still.append(proc)
+        self._exiting = still
 
     def _memory_verdict(self, rss: int, step: int | None) -> str | None:
         """The RAM limit holds for the trial process on every device (on CUDA the child enforces the GPU's)."""
@@ -347,8 +354,14 @@ def _find_same(study: optuna.Study, key: str) -> FrozenTrial | None:
 
 
 def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
+    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
+    if not isinstance(backend, FastReadRDBStorage):
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        return
+    backend.set_trial_user_attrs(trial._trial_id, attrs)
+    # what Trial.set_user_attr also does: keep the trial's own view (trial.user_attrs) current
+    trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
 def _watcher(pid: int) -> psutil.Process | None:

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,3 +20,30 @@ def test_attention_bench_quick_prints_the_json_line():
     assert set(result) == {"bench", "device", "ratio_vs_mha", "speedup_vs_seed_loop"}
     assert result["bench"] == "attention" and result["device"] in ("cpu", "cuda")
     assert result["ratio_vs_mha"] > 0 and result["speedup_vs_seed_loop"] > 0
+
+
+def _quick(script: str) -> tuple[list[str], dict]:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    return lines, json.loads(lines[-1])
+
+
+@pytest.mark.slow
+def test_search_efficiency_bench_quick_compares_the_same_configurations(tinystories):
+    lines, result = _quick("search_efficiency.py")
+    runs = [json.loads(line) for line in lines if line.startswith('{"configs') or line.startswith('{"pruner')]
+    off, on = runs
+    assert off["pruner"] == "none" and off["pruned"] == 0 and off["trials"] == on["trials"] == 6
+    assert set(result) == {"bench", "steps_ratio", "best_gap"} and result["bench"] == "search_efficiency"
+    assert result["steps_ratio"] == round(on["steps"] / off["steps"], 3) and 0 < result["steps_ratio"] <= 1
+
+
+@pytest.mark.slow
+def test_overhead_bench_quick_measures_both_parts(tinystories):
+    lines, result = _quick("overhead.py")
+    parts = {p["part"]: p for p in map(json.loads, (line for line in lines if line.startswith('{"part')))}
+    assert parts["trial_overhead"]["trials"] == 3 and parts["trial_overhead"]["train_s_reference"] > 0
+    assert len(parts["suggestion"]["suggest_s"]) == 5 and parts["suggestion"]["finished_trials"] == 200
+    assert result == {"bench": "overhead", "overhead_share": parts["trial_overhead"]["overhead_share"],
+                      "suggest_s_at_200": parts["suggestion"]["suggest_s_median"]}

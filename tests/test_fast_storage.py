@@ -70,3 +70,19 @@ def test_faster_than_the_orm(url):
         return min(times)
 
     assert best_of(ours) < best_of(theirs) / 2
+
+
+def test_several_user_attrs_in_one_write_match_one_by_one(url):
+    ours, theirs = FastReadRDBStorage(url), RDBStorage(url)
+    sid = theirs.get_study_id_from_name("s")
+    a, b = theirs.create_new_trial(sid), theirs.create_new_trial(sid)
+    attrs = {"heads": "1x64 2x32", "n_params": 40_123, "cfg": {"dim": 48, "heads": [{"n": 1}]}, "none": None}
+    ours.set_trial_user_attrs(a, attrs)
+    for k, v in attrs.items():
+        theirs.set_trial_user_attr(b, k, v)
+    ours.set_trial_user_attrs(a, {"n_params": 7})  # an upsert, like set_trial_user_attr
+    assert theirs.get_trial(a).user_attrs == {**attrs, "n_params": 7}
+    assert theirs.get_trial(b).user_attrs == attrs
+    theirs.set_trial_state_values(a, TrialState.COMPLETE, [1.0])
+    with pytest.raises(RuntimeError):  # a finished trial stays as it was, as with Optuna's own writes
+        ours.set_trial_user_attrs(a, {"late": 1})

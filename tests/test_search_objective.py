@@ -150,7 +150,7 @@ def test_divergence_and_a_killed_trial_process_are_pruned_with_reasons(tmp_path,
     s = Setup(tmp_path, raw)
     (t,) = s.optimize(1)
     assert t.state == TrialState.PRUNED and t.user_attrs["prune_kind"] == "diverged"
-    assert "diverged: training loss became nan" in t.user_attrs["prune_reason"]
+    assert "diverged: training loss became " in t.user_attrs["prune_reason"]
 
     class KillAtFirstEval:
         def trial_started(self, number, steps, label):
@@ -181,4 +181,5 @@ def test_interrupt_closes_the_trial_and_its_process(tmp_path, tinystories):
         s.optimize(1)
     (t,) = s.study.get_trials(deepcopy=False)
     assert t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "interrupted"
+    s.objective.close()  # what the runner does on the way out: the spare process, started ahead, ends too
     assert trial_processes() == []
