@@ -16,7 +16,7 @@ _EXPORTS = {
     "_storage": ["make_storage", "mask_url", "sqlite_path", "default_artifacts_dir"],
     "_objective": ["Objective", "TrialSettings", "TrialFailed", "config_key", "start_forkserver"],
     "_runner": ["run_study", "prepare", "RunSummary", "Prepared", "Interrupted"],
-    "_export": ["export_trials", "show", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"],
+    "_export": ["export_trials", "show", "format_table", "trial_rows", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"],
     "_workers": ["TrialSlots", "SurplusTrial", "run_workers", "worker_threads", "count_trials", "summarize"],
     "_dashboard": ["serve", "artifact_store", "write_config_files", "write_result_files", "render_loss_curve", "upload_trial_artifacts",
                    "study_note", "save_study_note", "is_loopback"],

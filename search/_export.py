@@ -116,10 +116,8 @@ COLUMNS = ["number", "state", "val_bpc", "n_params", "n_layers", "dim", "heads",
            "batch_size", "tokens_per_s", "peak_mem_mib", "forecast_peak_mib", "duration_s", "reason"]
 
 
-def trials_frame(study: optuna.Study):
-    """One row per trial, the columns a person compares trials by."""
-    import pandas as pd
-
+def trial_rows(study: optuna.Study) -> list[dict]:
+    """One row per trial, the columns a person compares trials by (COLUMNS)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         a, p = t.user_attrs, t.params
@@ -136,30 +134,61 @@ def trials_frame(study: optuna.Study):
             "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
             "reason": a.get("prune_reason") or a.get("fail_reason") or (f"same as trial {a['reused_from']}" if "reused_from" in a else ""),
         })
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return rows
+
+
+def trials_frame(study: optuna.Study):
+    """`trial_rows` as a pandas DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(trial_rows(study), columns=COLUMNS)
 
 
 def show(storage_url: str, name: str, *, top: int = 10, csv: str | Path | None = None) -> str:
-    """The top `top` trials (COMPLETE by val_bpc, then the rest by number) as text; --csv gets every trial."""
-    import pandas as pd
+    """The top `top` trials (COMPLETE by val_bpc, then the rest by number) as text; --csv gets every trial.
 
+    A plain table rather than pandas': the command's time is mostly imports, and pandas' is 0.6 s
+    of about 2 s with 1,000 trials.
+    """
     if top < 1:
         raise ConfigError(f"--top must be a positive integer, but got {top=}.")
     study = open_study(storage_url, name)
-    df = trials_frame(study)
+    rows = trial_rows(study)
     if csv is not None:
-        try:
-            df.to_csv(csv, index=False)
-        except OSError as e:
-            raise ConfigError(f"cannot write --csv {str(csv)!r}: {e.strerror}.") from None
-    if df.empty:
+        _write_csv(csv, rows)
+    if not rows:
         return f"study {name!r} has no trials yet."
-    order = df.assign(_done=df["state"] != "COMPLETE").sort_values(["_done", "val_bpc", "number"], na_position="last")
-    table = order.drop(columns="_done").head(top)
-    ints = ["tokens_per_s", "n_params", "n_layers", "dim", "batch_size"]
-    table = table.assign(**{c: pd.to_numeric(table[c], errors="coerce").round().astype("Int64") for c in ints})
-    with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 48):
-        return table.to_string(index=False, float_format=lambda x: f"{x:.4g}")
+    rows.sort(key=lambda r: (r["state"] != "COMPLETE", r["val_bpc"] is None, r["val_bpc"] or 0.0, r["number"]))
+    return format_table(rows[:top], COLUMNS)
+
+
+def format_table(rows: list[dict], columns: list[str], *, max_width: int = 48) -> str:
+    """Right-aligned text columns: numbers from 1,000 up whole, smaller ones to 4 significant digits, None blank."""
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.0f}" if abs(v) >= 1e3 else f"{v:.4g}"
+        text = str(v)
+        return text if len(text) <= max_width else text[:max_width - 3] + "..."
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = [" ".join(c.rjust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += [" ".join(v.rjust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _write_csv(path: str | Path, rows: list[dict]) -> None:
+    import csv as csv_module
+
+    try:
+        with open(path, "w", newline="") as f:
+            writer = csv_module.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as e:
+        raise ConfigError(f"cannot write --csv {str(path)!r}: {e.strerror}.") from None
 
 
 def studies_frame(storage_url: str):
@@ -180,4 +209,4 @@ def studies_frame(storage_url: str):
     return pd.DataFrame(rows)
 
 
-__all__ = ["export_trials", "show", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"]
+__all__ = ["export_trials", "show", "format_table", "trial_rows", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"]
