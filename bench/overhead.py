@@ -2,12 +2,15 @@
 
     python bench/overhead.py [--trials 6] [--fill 1000] [--quick]
 
-1. Runs the smoke study (batch size fixed at 16, so every trial trains) on a fresh SQLite store, then
-   repeats each trial's training in this warm process: overhead_share = (loop wall - reference
-   training) / loop wall. Sampling, storage writes, the forecast, the trial process's start and data
-   load, one-off imports inside its first step, the pipe round trips, artifact uploads and the
-   loss-curve PNG all count as overhead. (overhead_share_vs_train_s uses the trial processes' own
-   time inside train() instead, which hides one-off costs in there.)
+1. Runs the smoke study (batch size fixed at 16, so every trial trains) on a fresh SQLite store, and
+   each trial's training again in this warm process, half of the repeats before the study and half
+   after (this VM's speed drifts by tens of percent between minutes; the mean of both cancels a
+   steady drift): overhead_share = (loop wall - reference training) / loop wall. Sampling, storage
+   writes, the forecast, the trial process's start and data load, one-off costs inside its first
+   steps, the waits for pruning decisions, artifact uploads and the loss-curve PNG all count as
+   overhead. outside_train_share = (loop wall - the trial processes' own time inside train(), less
+   their waits for the study process) / loop wall: the same without the trial processes' one-off
+   costs, and without drift, as both sides come from the same run.
 2. Fills a SQLite store with 1,000 finished smoke-space trials (params, intermediate values and the
    user attrs a real trial carries) and times ask + suggest with the smoke study's TPE sampler.
 
@@ -35,37 +38,52 @@ def trial_overhead(n_trials: int, folder: Path) -> dict:
     import optuna
     import torch
 
-    from mfha.config import ModelConfig, TrainConfig
-    from mfha.data import load_data
-    from mfha.train import train
     from search import load_study_file, run_study
 
     config = load_study_file(SMOKE).with_overrides(dataset=DATASET, storage=f"sqlite:///{folder}/overhead.db", n_trials=n_trials)
     config = replace(config, name="overhead", space=replace(config.space, batch_size=(16,)), timeout_s=None)
+    torch.set_num_threads(config.threads or torch.get_num_threads())
+    # the trials' configurations, from a dry run of the same seeded study (the sampler does not look
+    # at results before its startup trials, and the smoke study's TPE starts after 5)
+    dry = replace(config, name="overhead-configs", storage=f"sqlite:///{folder}/configs.db")
+    run_study(dry, progress=False, log=lambda msg: None)
+    before = _reference(optuna.load_study(study_name=dry.name, storage=dry.storage))
     summary = run_study(config, progress=False, log=lambda msg: None)
     loop = summary.timings["optimize_s"]
-    # the reference: the same trainings in this warm process (torch, AdamW's first-step imports and
-    # the data already loaded), so one-off costs inside train() in a trial process count as overhead too
     study = optuna.load_study(study_name="overhead", storage=config.storage)
+    ran = lambda st: [(t.user_attrs.get("config_key"), t.user_attrs.get("steps")) for t in st.trials]  # noqa: E731
+    if ran(study) != ran(optuna.load_study(study_name=dry.name, storage=dry.storage)):
+        raise SystemExit("the dry run trained other configurations than the measured one; the reference would not match")
+    after = _reference(study)
+    reference = (before + after) / 2
+    return {
+        "trials": summary.new_trials, "loop_s": round(loop, 2), "train_s_in_trials": round(summary.train_s, 2),
+        "train_s_reference_before": round(before, 2), "train_s_reference_after": round(after, 2),
+        "train_s_reference": round(reference, 2),
+        "overhead_s_per_trial": round((loop - reference) / summary.new_trials, 3),
+        "overhead_share": round((loop - reference) / loop, 4),
+        "outside_train_s_per_trial": round((loop - summary.train_s) / summary.new_trials, 3),
+        "outside_train_share": round((loop - summary.train_s) / loop, 4),
+        "prepare_s": round(summary.timings["prepare_s"], 2),
+    }
+
+
+def _reference(study) -> float:
+    """The trainings of `study`'s trials, once each, in this process (warmed up by one first)."""
+    from mfha.config import ModelConfig, TrainConfig
+    from mfha.data import load_data
+    from mfha.train import train
+
     trained = [t for t in study.trials if t.user_attrs.get("allocated") and "reused_from" not in t.user_attrs]
-    torch.set_num_threads(config.threads or torch.get_num_threads())
-    reference = 0.0
-    data = None
+    total, data = 0.0, None
     for i, t in enumerate([trained[0]] + trained):
         tc = TrainConfig.from_dict({**t.user_attrs["train_config"], "max_steps": t.user_attrs["steps"]})
         data = data or load_data(tc)
         t0 = time.perf_counter()
         train(ModelConfig.from_dict(t.user_attrs["model_config"]), tc, data=data)
         if i:  # the first run only warms this process up
-            reference += time.perf_counter() - t0
-    return {
-        "trials": summary.new_trials, "loop_s": round(loop, 2), "train_s_in_trials": round(summary.train_s, 2),
-        "train_s_reference": round(reference, 2),
-        "overhead_s_per_trial": round((loop - reference) / summary.new_trials, 3),
-        "overhead_share": round((loop - reference) / loop, 4),
-        "overhead_share_vs_train_s": round((loop - summary.train_s) / loop, 4),
-        "prepare_s": round(summary.timings["prepare_s"], 2),
-    }
+            total += time.perf_counter() - t0
+    return total
 
 
 def suggest_time(n_fill: int, folder: Path, repeats: int = 5) -> dict:
@@ -132,6 +150,7 @@ def main() -> None:
         ("smoke trials", over["trials"]), ("study loop wall s", over["loop_s"]),
         ("same trainings in one warm process s", over["train_s_reference"]),
         ("overhead per trial s", over["overhead_s_per_trial"]), ("overhead share (target < 2%)", f"{over['overhead_share']:.2%}"),
+        ("outside train() per trial s", over["outside_train_s_per_trial"]), ("outside train() share", f"{over['outside_train_share']:.2%}"),
         (f"TPE suggest s at {args.fill} (target < 0.5)", sug["suggest_s_median"]),
     ):
         print(f"{label:<36} {value:>10}")

@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,6 +191,9 @@ def _hammer(url: str, n_trials: int, queue, go) -> None:
     from search import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # the heartbeat stays on (its writes are part of a real worker's load); Optuna warns that ask/tell
+    # with a heartbeat is meant for optimize(), once per trial
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     study = optuna.load_study(study_name="contention", storage=make_storage(url),
                               sampler=optuna.samplers.RandomSampler())
     errors, done = [], 0
