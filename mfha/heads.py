@@ -48,7 +48,7 @@ class HeadSpec:
             if f not in _FAMILY_FIELDS[self.family] and f != "sizes" and getattr(self, f) is not None
         ]
         if unused:
-            raise ConfigError(f"{self.family} heads take {', '.join(_FAMILY_FIELDS[self.family])}, but got {unused[0]}=.")
+            raise ConfigError(f"{self.family} heads take {', '.join(_FAMILY_FIELDS[self.family])}, but got {unused[0]}={getattr(self, unused[0])!r}.")
         derived = getattr(self, f"_{self.family}_sizes")()
         if self.family != "explicit" and self.sizes is not None and list(self.sizes) != derived:
             raise ConfigError(f"sizes do not match the {self.family} spec, which gives {derived}, but got sizes={self.sizes}.")

@@ -263,6 +263,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-time", type=float, dest="max_time_s", help="override max_time_s (seconds of wall time)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device")
     p.add_argument("--seed", type=int, help="override seed")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); the thread count changes "
+                   "the order of float sums, so reproducing a run exactly needs the same count")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     return p.parse_args(argv)
 
@@ -276,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             model_path, train_path = Path(args.model_config), Path(args.train_config)
         else:
             raise ConfigError("pass --from DIR, or both --model-config and --train-config.")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
+            torch.set_num_threads(args.threads)
         model_config = ModelConfig.from_file(model_path)
         overrides = {k: getattr(args, k) for k in ("dataset", "max_steps", "max_time_s", "device", "seed") if getattr(args, k) is not None}
         train_config = TrainConfig.from_dict({**TrainConfig.from_file(train_path).to_dict(), **overrides})

@@ -60,7 +60,7 @@ def test_every_family_has_a_constructor():
     "make, match",
     [
         (lambda: HeadSpec("ring", n=2), r"head family must be one of uniform, fractal, geometric, explicit, but got family='ring'"),
-        (lambda: HeadSpec("uniform", n=2, size=16, base=32), r"uniform heads take n, size, but got base="),
+        (lambda: HeadSpec("uniform", n=2, size=16, base=32), r"uniform heads take n, size, but got base=32\.$"),
         (lambda: HeadSpec("fractal", base=32, levels=2, sizes=[32, 16]), r"sizes do not match the fractal spec, which gives \[32, 16, 16\]"),
         (lambda: uniform(2, 7), r"every head size must be an even integer >= 4 \(RoPE rotates pairs\), but got size=7"),
         (lambda: uniform(2, 2), r"every head size must be an even integer >= 4 .*but got size=2 in uniform"),

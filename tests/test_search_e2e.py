@@ -117,15 +117,15 @@ def test_export_then_training_reproduces_the_trial(smoke, tmp_path):
     assert f"python -m mfha.train --from {out} --out" in proc.stdout
 
     check = next(line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if "reproduce the trial:" in line)
-    assert f"--max-steps {best.user_attrs['steps']}" in check
-    # the trial trained on one thread ([training] threads = 1); so does the check, as on a busy machine
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train = subprocess.run(shlex.split(check), cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    # the trial trained on one thread ([training] threads = 1), and the check says so
+    assert f"--max-steps {best.user_attrs['steps']} --threads 1 " in check
+    train = subprocess.run(shlex.split(check), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr[-2000:]
     run_dir = Path(shlex.split(check)[-1])
     with (run_dir / "metrics.csv").open() as f:
         final = float(list(csv.DictReader(f))[-1]["val_bpc"])
-    assert abs(final - best.value) / best.value < 0.01, (final, best.value)
+    # the target is 1%; same seed, data, thread count and CPU give the same sums, so it is far closer
+    assert abs(final - best.value) / best.value < 1e-4, (final, best.value)
 
 
 def free_port() -> int:

@@ -121,3 +121,10 @@ def test_kv_cache_generation_matches_full_recompute():
             logits, _ = model(ref)
             ref = torch.cat([ref, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out, ref)
+
+
+def test_train_cli_rejects_a_thread_count_below_one(tmp_path, capsys):
+    from mfha.train import main
+
+    assert main(["--model-config", "m.json", "--train-config", "t.json", "--threads", "0", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == "error: --threads must be a positive integer, but got threads=0.\n"
