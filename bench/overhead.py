@@ -12,7 +12,8 @@
    their waits for the study process) / loop wall: the same without the trial processes' one-off
    costs, and without drift, as both sides come from the same run.
 2. Fills a SQLite store with 1,000 finished smoke-space trials (params, intermediate values and the
-   user attrs a real trial carries) and times ask + suggest with the smoke study's TPE sampler.
+   user attrs a real trial carries) and times ask + suggest with the smoke study's TPE sampler
+   (bench/storage_load.py's fill and measurement).
 
 Last line: {"bench": "overhead", "overhead_share": x, "suggest_s_at_1000": y}
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import tempfile
@@ -87,47 +87,13 @@ def _reference(study) -> float:
 
 
 def suggest_time(n_fill: int, folder: Path, repeats: int = 5) -> dict:
-    import optuna
-    from optuna.trial import TrialState, create_trial
+    """The storage bench's fill and suggestion measurement, on one SQLite store."""
+    from storage_load import fill
+    from storage_load import suggest_time as suggest_times
 
-    from search import SearchSpace, SpaceSampler, load_study_file, make_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    config = load_study_file(SMOKE)
-    space = SearchSpace(config, {None: 329})
-    storage = make_storage(f"sqlite:///{folder}/suggest.db", heartbeat_interval=None)
-    # fill: random points of the space (drawn in memory), stored in one insert each, shaped like real trials
-    filler = optuna.create_study(sampler=SpaceSampler(optuna.samplers.RandomSampler(seed=0)))
-    rng = random.Random(0)
-    t0 = time.perf_counter()
-    templates = []
-    while len(templates) < n_fill:
-        trial = filler.ask()
-        cand = space.suggest(trial)
-        frozen = filler.tell(trial, state=TrialState.FAIL)
-        value = 3.0 + rng.random()
-        pruned = rng.random() < 0.5
-        steps = [40, 80] if pruned else [40, 80, 120, 160, 200]
-        attrs = {**cand.attrs, "config_key": f"{len(templates):020d}", "model_config": cand.model_config.to_dict(),
-                 "train_config": cand.train_config.to_dict(), "forecast_peak_mib": 320.0, "allocated": True,
-                 "peak_mem_mib": 283.0, "steps": steps[-1], "tokens_per_s": 25000.0, "train_s": 7.0}
-        if pruned:
-            attrs.update(prune_kind="loss", prune_reason="lagging loss (median pruner): val_bpc 4.4 at step 80")
-        templates.append(create_trial(
-            state=TrialState.PRUNED if pruned else TrialState.COMPLETE, value=None if pruned else value,
-            params=frozen.params, distributions=frozen.distributions, user_attrs=attrs,
-            intermediate_values={s: value + (200 - s) / 100 for s in steps},
-        ))
-    study = optuna.create_study(study_name="suggest", storage=storage, sampler=space.make_sampler(), direction="minimize")
-    study.add_trials(templates)
-    fill_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        trial = study.ask()
-        space.suggest(trial)
-        times.append(time.perf_counter() - t)
-        study.tell(trial, 3.5)
+    url = f"sqlite:///{folder}/suggest.db"
+    fill_s = fill(url, n_fill)
+    times = suggest_times(url, repeats)
     return {"finished_trials": n_fill, "fill_s": round(fill_s, 1), "suggest_s": [round(x, 3) for x in times],
             "suggest_s_median": round(statistics.median(times), 3)}
 
