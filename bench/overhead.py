@@ -91,6 +91,9 @@ def suggest_time(n_fill: int, folder: Path, repeats: int = 5) -> dict:
     from storage_load import fill
     from storage_load import suggest_time as suggest_times
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{folder}/suggest.db"
     fill_s = fill(url, n_fill)
     times = suggest_times(url, repeats)
