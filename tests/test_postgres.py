@@ -27,7 +27,7 @@ def test_three_workers_share_one_study(postgres_url, tiny_study):
                 kill_group(p)
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-        assert "Traceback" not in err
+        assert "Traceback" not in err, err[-6000:]
     ts = trials(postgres_url, "three")
     assert_consistent(ts, 7)
     done = [t for t in ts if t.state in FINISHED]

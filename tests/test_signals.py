@@ -29,7 +29,7 @@ def test_signal_closes_the_trial_and_a_rerun_resumes(sig, tmp_path, tiny_study):
         if proc.poll() is None:
             kill_group(proc)
     assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err and "interrupted" in err
+    assert "Traceback" not in err and "interrupted" in err, err[-6000:]
     ts = trials(url, "tiny")
     assert not [t for t in ts if t.state == TrialState.RUNNING]
     closed = ts[stopped.number]
@@ -59,7 +59,7 @@ def test_signal_to_a_workers_supervisor_reaches_every_worker(sig, tmp_path, tiny
         if proc.poll() is None:
             kill_group(proc)
     assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err[-6000:]
     ts = trials(url, "tiny")
     assert not [t for t in ts if t.state == TrialState.RUNNING]
     assert sum(t.user_attrs.get("fail_reason") == "interrupted" for t in ts) == 2

@@ -90,7 +90,7 @@ def test_workers_flag_on_sqlite_runs_exactly_n_trials_without_lock_errors(tmp_pa
     url = f"sqlite:///{tmp_path}/mfha.db"
     proc = run_search("run", "--study", str(tiny_study(n_trials=6)), "--storage", url, "--workers", "3", "--no-progress", timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "locked" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "locked" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-6000:]
     ts = trials(url, "tiny")
     assert_consistent(ts, 6)
     done = [t for t in ts if t.state in FINISHED]
