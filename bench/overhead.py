@@ -47,12 +47,12 @@ def trial_overhead(n_trials: int, folder: Path) -> dict:
     # at results before its startup trials, and the smoke study's TPE starts after 5)
     dry = replace(config, name="overhead-configs", storage=f"sqlite:///{folder}/configs.db")
     run_study(dry, progress=False, log=lambda msg: None)
-    before = _reference(optuna.load_study(study_name=dry.name, storage=dry.storage))
+    dry_study = optuna.load_study(study_name=dry.name, storage=dry.storage)
+    before = _reference(dry_study)
     summary = run_study(config, progress=False, log=lambda msg: None)
     loop = summary.timings["optimize_s"]
     study = optuna.load_study(study_name="overhead", storage=config.storage)
-    ran = lambda st: [(t.user_attrs.get("config_key"), t.user_attrs.get("steps")) for t in st.trials]  # noqa: E731
-    if ran(study) != ran(optuna.load_study(study_name=dry.name, storage=dry.storage)):
+    if _trainings(study) != _trainings(dry_study):
         raise SystemExit("the dry run trained other configurations than the measured one; the reference would not match")
     after = _reference(study)
     reference = (before + after) / 2
@@ -68,13 +68,22 @@ def trial_overhead(n_trials: int, folder: Path) -> dict:
     }
 
 
+def _trained(study) -> list:
+    """The trials that trained their own configuration (not pruned before allocation, not reused)."""
+    return [t for t in study.trials if t.user_attrs.get("allocated") and "reused_from" not in t.user_attrs]
+
+
+def _trainings(study) -> list[tuple]:
+    return [(t.user_attrs["config_key"], t.user_attrs["steps"]) for t in _trained(study)]
+
+
 def _reference(study) -> float:
     """The trainings of `study`'s trials, once each, in this process (warmed up by one first)."""
     from mfha.config import ModelConfig, TrainConfig
     from mfha.data import load_data
     from mfha.train import train
 
-    trained = [t for t in study.trials if t.user_attrs.get("allocated") and "reused_from" not in t.user_attrs]
+    trained = _trained(study)
     total, data = 0.0, None
     for i, t in enumerate([trained[0]] + trained):
         tc = TrainConfig.from_dict({**t.user_attrs["train_config"], "max_steps": t.user_attrs["steps"]})

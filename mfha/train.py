@@ -148,6 +148,7 @@ def train(
     t_start = time.perf_counter()
     t_window, train_time = t_start, 0.0
     loss_sum = torch.zeros((), device=device)
+    diverged_above = DIVERGED_OVER_UNIFORM * math.log(model_config.vocab_size)
     window_steps, window_tokens = 0, 0
     stopped_early = False
     lr = tc.lr
@@ -176,7 +177,7 @@ def train(
         if step % tc.eval_interval and step < tc.max_steps and not time_up:
             continue
         train_loss = (loss_sum / window_steps).item()  # one sync per eval, not per step
-        if not math.isfinite(train_loss) or train_loss > DIVERGED_OVER_UNIFORM * math.log(model_config.vocab_size):
+        if not math.isfinite(train_loss) or train_loss > diverged_above:
             raise TrainingDiverged(
                 f"training loss became {train_loss:.4g} by step {step} (lr={lr:.3g}); lower --lr / lr or raise warmup_steps."
             )

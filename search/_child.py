@@ -30,15 +30,16 @@ def serve(conn: Connection, common: dict[str, Any]) -> None:
     """Load the data of every `common["preload"]` train config, then run the one request that comes (None: exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(common["threads"])
-    loaded = {}
+    loaded, first = {}, None
     for tc in common.get("preload", []):
         cfg = TrainConfig.from_dict(tc)
         try:
             loaded[_data_key(cfg)] = load_data(cfg, cache_dir=common["cache_dir"])
         except MFHAError:
             break  # the trial loads it again and reports the error to the study process
-    if loaded:
-        _warm_up(next(iter(loaded.values())), TrainConfig.from_dict(common["preload"][0]))
+        first = first or cfg
+    if first is not None:
+        _warm_up(loaded[_data_key(first)], first)
 
     try:
         request = conn.recv()

@@ -107,11 +107,9 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path) -
     # the trial's thread count too: another count sums floats in another order (on the smoke study,
     # 2 threads instead of the trial's 1 moved val_bpc by 0.5%; 1 reproduced it to the last digit)
     threads = f" --threads {t.user_attrs['threads']}" if t.user_attrs.get("threads") and tc.device != "cuda" else ""
-    if same:
-        check = f"python -m mfha.train --from {q(folder)} --max-steps {steps}{threads} --out {q(runs / (run_name + '-check'))}"
-    else:
-        check = (f"python -m mfha.train --model-config {q(folder / 'model_config.json')} "
-                 f"--train-config {q(folder / 'trial_train_config.json')}{threads} --out {q(runs / (run_name + '-check'))}")
+    configs = (f"--from {q(folder)} --max-steps {steps}" if same else
+               f"--model-config {q(folder / 'model_config.json')} --train-config {q(folder / 'trial_train_config.json')}")
+    check = f"python -m mfha.train {configs}{threads} --out {q(runs / (run_name + '-check'))}"
     return Exported(folder, t.number, t.value, command, check)
 
 

@@ -87,7 +87,6 @@ class FastReadRDBStorage(RDBStorage):
             ))
         return out
 
-
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """`set_trial_user_attr` for every item, committed once."""
         with _create_scoped_session(self.scoped_session, True) as session:
