@@ -4,8 +4,10 @@
     python run_search.py run --study studies/smoke.toml --dataset ../shared/data/tinystories
     python run_search.py dashboard
     python run_search.py show --study smoke
+    python run_search.py validate --study smoke --top 3 --seeds 3
     python run_search.py export --study smoke --out exports/smoke
     python run_search.py studies
+    python run_search.py report --study smoke --out reports/smoke
 """
 from __future__ import annotations
 
@@ -62,9 +64,31 @@ def _run(args: argparse.Namespace) -> int:
     if summary.interrupted:
         print("interrupted: the running trial was closed as FAIL and queued again; rerun the same command to resume.", file=sys.stderr)
         return 130
-    if summary.best_number is not None:
-        storage = "" if config.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(summary.storage)}"
-        print(f"next: python run_search.py export --study {config.name}{storage} --out exports/{config.name}")
+    if config.validation is not None and summary.best_number is not None:
+        from search import run_validation
+
+        summary = run_validation(config, artifacts=args.artifacts, progress=not args.no_progress, threads=args.threads)
+        return _after_validation(config.name, config.storage, summary.interrupted)
+    _print_next(config.name, config.storage, summary.best_number is not None)
+    return 0
+
+
+def _print_next(name: str, storage_url: str, done: bool) -> None:
+    from search import mask_url
+
+    if done:
+        storage = "" if storage_url == DEFAULT_STORAGE else f" --storage {shlex.quote(mask_url(storage_url))}"
+        print(f"next: python run_search.py export --study {name}{storage} --out exports/{name}")
+
+
+def _after_validation(name: str, storage_url: str, interrupted: bool) -> int:
+    from search import validated_table
+
+    print(validated_table(storage_url, name))
+    if interrupted:
+        print("interrupted: the running validation trial was closed as FAIL and queued again; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    _print_next(name, storage_url, True)
     return 0
 
 
@@ -78,15 +102,40 @@ def _supervise(args: argparse.Namespace, config) -> int:
     make_storage(config.storage)
     prepare(config, workers=args.workers)  # also fills the data cache every worker reads
     before = count_trials(config.storage, config.name)
-    codes = run_workers(_argv(args), args.workers, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    print(summarize(config.storage, config.name, before=before, wall_s=time.perf_counter() - t0).line())
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    codes = run_workers(_argv(args), args.workers, log=log)
+    summary = summarize(config.storage, config.name, before=before, wall_s=time.perf_counter() - t0)
+    print(summary.line())
+    if _worker_codes(codes, args.workers) or config.validation is None or summary.best_number is None:
+        return _worker_codes(codes, args.workers)
+    return _supervise_validation(args, config, log=log)
+
+
+def _worker_codes(codes: list[int], workers: int) -> int:
     if 130 in codes:
         print("interrupted: each worker closed its running trial as FAIL and queued it again; rerun the same command to resume.", file=sys.stderr)
         return 130
     bad = [(i, c) for i, c in enumerate(codes) if c]
     if bad:
-        raise MFHAError(f"worker {bad[0][0]} of {args.workers} exited with code {bad[0][1]} (its message is above); rerun the same command to resume.")
+        raise MFHAError(f"worker {bad[0][0]} of {workers} exited with code {bad[0][1]} (its message is above); rerun the same command to resume.")
     return 0
+
+
+def _supervise_validation(args: argparse.Namespace, config, *, log) -> int:
+    """The validation pairs enqueued once here (so workers never race to enqueue), then N validate workers."""
+    from search import enqueue_validation, run_workers
+
+    enqueue_validation(config, top=getattr(args, "top", None), seeds=getattr(args, "seeds", None), dataset=args.dataset,
+                       workers=args.workers, log=log)
+    argv = ["--study", config.name, "--storage", config.storage, "--workers", str(args.workers)]
+    for flag in ("dataset", "artifacts", "threads", "top", "seeds"):
+        if getattr(args, flag, None) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    codes = run_workers(argv + (["--no-progress"] if args.no_progress else []), args.workers, log=log, command="validate")
+    if 130 in codes:
+        return _after_validation(config.name, config.storage, True)
+    _worker_codes(codes, args.workers)
+    return _after_validation(config.name, config.storage, False)
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
@@ -97,6 +146,40 @@ def _argv(args: argparse.Namespace) -> list[str]:
         if value is not None:
             out += [f"--{flag.replace('_', '-')}", str(value)]
     return out + (["--no-progress"] if args.no_progress else [])
+
+
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, metavar="NAME", help="the search study's name (its [study].name)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="SQLAlchemy URL (default %(default)s)")
+    p.add_argument("--top", type=int, metavar="K", help="retrain the K best distinct configurations (default: [validation] top, else 3)")
+    p.add_argument("--seeds", type=int, metavar="N", help="fresh seeds per configuration (default: [validation] seeds, else 3)")
+    p.add_argument("--dataset", help="Hub name or local folder (default: the one the search trials trained on)")
+    p.add_argument("--artifacts", metavar="DIR", help="artifact folder (default: beside a SQLite file, else storage/artifacts)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads per trial (default and most: the cores shared by the workers)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default %(default)s)")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true", help="one line per trial instead of progress bars")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from search import run_validation, stored_config
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, but got workers={args.workers}.")
+    config = stored_config(args.storage, args.study, dataset=args.dataset)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.workers > 1 and args.worker_index is None:
+        return _supervise_validation(args, config, log=log)
+    if args.worker_index is not None:
+        log = lambda msg: print(f"[worker {args.worker_index}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    summary = run_validation(config, top=args.top, seeds=args.seeds, dataset=args.dataset, artifacts=args.artifacts,
+                             progress=not args.no_progress and args.worker_index is None, workers=args.workers,
+                             threads=args.threads, log=log)
+    if args.worker_index is not None:
+        return 130 if summary.interrupted else 0
+    return _after_validation(config.name, config.storage, summary.interrupted)
 
 
 def _add_dashboard(p: argparse.ArgumentParser) -> None:
@@ -128,6 +211,10 @@ def _export(args: argparse.Namespace) -> int:
 
     for e in export_trials(args.storage, args.study, args.out or f"exports/{args.study}", trial=args.trial, top=args.top, runs=args.runs):
         value = f"val_bpc {e.value:.4f}" if e.value is not None else "no final value"
+        if e.evidence is not None:
+            v = e.evidence
+            value = (f"validated winner: val_bpc {v.interval.text()} (95% interval, seeds {', '.join(map(str, v.seeds))}); "
+                     f"its search value was {e.value:.4f}")
         print(f"exported trial {e.trial_number} ({value}) to {e.folder}")
         print(f"  full training:       {e.command}")
         print(f"  reproduce the trial: {e.check_command}")
@@ -160,10 +247,27 @@ def _studies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, metavar="NAME", help="the search study's name (its [study].name)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="SQLAlchemy URL (default %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default reports/NAME)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from search import write_report
+
+    report = write_report(args.storage, args.study, args.out or f"reports/{args.study}")
+    print(f"wrote {', '.join(str(f) for f in report.files)}")
+    print(report.verdict)
+    return 0
+
+
 # name: (what it does, example, add arguments, run)
 COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
     "run": ("run or resume a study from a study file",
             "python run_search.py run --study studies/smoke.toml --dataset ../shared/data/tinystories", _add_run, _run),
+    "validate": ("retrain the best configurations with fresh seeds; rank them by mean val_bpc with a 95%% interval",
+                 "python run_search.py validate --study smoke --top 3 --seeds 3", _add_validate, _validate),
     "dashboard": ("serve optuna-dashboard (trials, curves, artifacts) for a storage",
                   "python run_search.py dashboard --storage sqlite:///storage/mfha.db --port 8080", _add_dashboard, _dashboard),
     "export": ("write a trial's configs for full training and print the training command",
@@ -172,6 +276,8 @@ COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
              "python run_search.py show --study smoke --top 5 --csv smoke.csv", _add_show, _show),
     "studies": ("list the studies in a storage with their trial counts and best value",
                 "python run_search.py studies --storage sqlite:///storage/mfha.db", _add_studies, _studies),
+    "report": ("write an offline HTML report, summary.md and report.json of a study and its validation (with the verdict)",
+               "python run_search.py report --study smoke --out reports/smoke", _add_report, _report),
 }
 
 

@@ -28,7 +28,7 @@ SMOKE = ROOT / "studies" / "smoke.toml"
 def run(pruner: str, *, trials: int, steps: int, folder: Path, seed: int, reduction_factor: int = 4) -> dict:
     import optuna
 
-    from search import SamplerConfig, load_study_file, run_study
+    from search import BaselinesConfig, SamplerConfig, load_study_file, run_study
 
     base = load_study_file(SMOKE)
     config = replace(
@@ -37,7 +37,9 @@ def run(pruner: str, *, trials: int, steps: int, folder: Path, seed: int, reduct
         space=replace(base.space, batch_size=(16,)),
         # character models sit on the unigram plateau (~4.4 bits/char) for their first ~60 steps, where
         # every curve looks alike: the first pruning decision comes at a fifth of the run
-        training={**base.training, "max_steps": steps, "eval_interval": steps // 10},
+        # counted in steps (batch fixed, so steps are tokens), without baselines, which the pruner spares
+        training={**base.training, "max_steps": steps, "eval_interval": steps // 10, "warmup_steps": 10},
+        tokens=None, eval_tokens=None, warmup_tokens=None, baselines=BaselinesConfig(enabled=False),
         pruning=replace(base.pruning, pruner=pruner, warmup_steps=steps // 5, min_resource=steps // 5,
                         reduction_factor=reduction_factor, percentile=25.0),
         sampler=SamplerConfig(kind="random", seed=seed),

@@ -155,6 +155,9 @@ class TrainConfig(_JsonConfig):
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
     eval_interval: int = 100
+    # evaluate each time the tokens seen pass a multiple of this instead (runs of different batch
+    # sizes then evaluate at the same token counts, within one batch)
+    eval_tokens: int | None = None
     eval_windows: int = 64  # fixed validation windows of seq_len tokens
     seed: int = 1337
     device: Device = "auto"
@@ -163,6 +166,8 @@ class TrainConfig(_JsonConfig):
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len", "max_steps", "eval_interval", "eval_windows"):
             _check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be a positive integer", name, getattr(self, name))
+        _check(self.eval_tokens is None or (_is_int(self.eval_tokens) and self.eval_tokens >= 1),
+               "eval_tokens must be a positive integer or null", "eval_tokens", self.eval_tokens)
         for name in ("max_train_stories", "max_train_tokens", "max_val_stories", "max_time_s"):
             v = getattr(self, name)
             _check(v is None or (_is_num(v) and v > 0), f"{name} must be positive or null", name, v)

@@ -50,6 +50,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def eval_due(step: int, tc: TrainConfig) -> bool:
+    """Whether the trainer evaluates after `step` steps: every eval_interval steps, or each time the
+    tokens seen pass a multiple of eval_tokens."""
+    if tc.eval_tokens is None:
+        return step % tc.eval_interval == 0
+    per_step = tc.batch_size * tc.seq_len
+    return step * per_step // tc.eval_tokens > (step - 1) * per_step // tc.eval_tokens
+
+
 def learning_rate(step: int, progress: float, tc: TrainConfig) -> float:
     """Linear warmup over warmup_steps, then cosine from lr down to lr * min_lr_ratio as progress goes 0 -> 1."""
     if step < tc.warmup_steps:
@@ -174,7 +183,7 @@ def train(
         window_steps += 1
         window_tokens += x.numel()
         time_up = tc.max_time_s is not None and elapsed_before + time.perf_counter() - t_start >= tc.max_time_s
-        if step % tc.eval_interval and step < tc.max_steps and not time_up:
+        if not eval_due(step, tc) and step < tc.max_steps and not time_up:
             continue
         train_loss = (loss_sum / window_steps).item()  # one sync per eval, not per step
         if not math.isfinite(train_loss) or train_loss > diverged_above:

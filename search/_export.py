@@ -12,10 +12,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import ConfigError
+from search._evidence import Validated, load_validation, validated
 from search._storage import make_storage, mask_url
 
 # [full_training] keys that do not change what `max_steps` steps of training compute
-NEUTRAL_FOR_CHECK = ("max_steps", "eval_interval")
+NEUTRAL_FOR_CHECK = ("max_steps", "eval_interval", "eval_tokens")
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Exported:
     value: float | None
     command: str  # full training, as the study file's [full_training] says
     check_command: str  # the trial's own training, to reproduce its val_bpc first
+    evidence: Validated | None = None  # its validation over fresh seeds, when it was the basis of the pick
 
 
 def open_study(storage_url: str, name: str) -> optuna.Study:
@@ -60,17 +62,33 @@ def export_trials(storage_url: str, name: str, out: str | Path, *, trial: int | 
             raise ConfigError(f"--trial {trial} never got a configuration (state {found[0].state.name}, {found[0].user_attrs.get('prune_reason', 'no reason')}); pick another trial.")
         picks = [(out, found[0])]
     else:
-        best = ranked(study)
+        # validated means over fresh seeds beat one lucky search value: they pick when they exist
+        evidence = _validated(study)
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        best = [by_number[v.source_trial] for v in evidence] if evidence else ranked(study)
         if not best:
             raise ConfigError(f"study {name!r} has no COMPLETE trial to export yet; run it longer or pass --trial N.")
-        if top is None:
-            picks = [(out, best[0])]
-        else:
-            picks = [(out / f"rank{i + 1}-trial{t.number}", t) for i, t in enumerate(best[:top])]
-    return [_export_one(study, t, folder, Path(runs)) for folder, t in picks]
+        ranks = best[:1] if top is None else best[:top]
+        folders = [out] if top is None else [out / f"rank{i + 1}-trial{t.number}" for i, t in enumerate(ranks)]
+        return [_export_one(study, t, folder, Path(runs), evidence[i] if evidence else None)
+                for i, (folder, t) in enumerate(zip(folders, ranks))]
+    return [_export_one(study, t, folder, Path(runs), None) for folder, t in picks]
 
 
-def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path) -> Exported:
+def _in_steps(full_overrides: dict, tc: TrainConfig) -> dict:
+    """[full_training] with a token count turned into this trial's steps (its batch and sequence length)."""
+    if "tokens" not in full_overrides:
+        return dict(full_overrides)
+    rest = {k: v for k, v in full_overrides.items() if k != "tokens"}
+    return {**rest, "max_steps": -(-full_overrides["tokens"] // (tc.batch_size * tc.seq_len))}
+
+
+def _validated(study: optuna.Study) -> list[Validated]:
+    validation = load_validation(study._storage, study.study_name)
+    return validated(study, validation) if validation is not None else []
+
+
+def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, evidence: Validated | None) -> Exported:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -78,7 +96,7 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path) -
     mc = ModelConfig.from_dict(t.user_attrs["model_config"])
     tc = TrainConfig.from_dict(t.user_attrs["train_config"])
     full_overrides = study.user_attrs.get("full_training", {})
-    full = TrainConfig.from_dict({**tc.to_dict(), **full_overrides})
+    full = TrainConfig.from_dict({**tc.to_dict(), **_in_steps(full_overrides, tc)})
     mc.save(folder / "model_config.json")
     full.save(folder / "train_config.json")
     tc.save(folder / "trial_train_config.json")
@@ -98,6 +116,10 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path) -
         "duration_s": t.duration.total_seconds() if t.duration else None,
         "full_training": full_overrides,
     }
+    if evidence is not None:
+        iv = evidence.interval
+        record["validation"] = {"mean": iv.mean, "low": iv.low, "high": iv.high, "confidence": 0.95, "seeds": evidence.seeds,
+                                "values": evidence.values, "study": study.study_name + ".validation"}
     (folder / "trial.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     run_name = folder.name if folder.name else "export"
     q = lambda p: shlex.quote(str(p))  # noqa: E731
@@ -110,22 +132,26 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path) -
     configs = (f"--from {q(folder)} --max-steps {steps}" if same else
                f"--model-config {q(folder / 'model_config.json')} --train-config {q(folder / 'trial_train_config.json')}")
     check = f"python -m mfha.train {configs}{threads} --out {q(runs / (run_name + '-check'))}"
-    return Exported(folder, t.number, t.value, command, check)
+    return Exported(folder, t.number, t.value, command, check, evidence)
 
 
-COLUMNS = ["number", "state", "val_bpc", "n_params", "n_layers", "dim", "heads", "family", "mlp_mult", "lr",
+COLUMNS = ["number", "state", "val_bpc", "validated", "role", "n_params", "n_layers", "dim", "heads", "family", "mlp_mult", "lr",
            "batch_size", "tokens_per_s", "peak_mem_mib", "forecast_peak_mib", "duration_s", "reason"]
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
     """One row per trial, the columns a person compares trials by (COLUMNS)."""
     rows = []
+    evidence = {v.source_trial: v for v in _validated(study)}
     for t in study.get_trials(deepcopy=False):
         a, p = t.user_attrs, t.params
+        v = evidence.get(t.number)
         last = t.intermediate_values[t.last_step] if t.last_step is not None else None
         rows.append({
             "number": t.number, "state": t.state.name,
             "val_bpc": t.value if t.state == TrialState.COMPLETE else last,
+            # the mean over the validation seeds ± its 95% interval, and how many seeds
+            "validated": f"{v.interval.text()} ({v.interval.n})" if v is not None else None, "role": a.get("role"),
             "n_params": a.get("n_params"), "n_layers": p.get("n_layers"), "dim": p.get("dim"),
             "heads": a.get("heads"), "family": a.get("family"), "mlp_mult": p.get("mlp_mult", (a.get("model_config") or {}).get("mlp_mult")),
             "lr": p.get("lr", (a.get("train_config") or {}).get("lr")),
@@ -136,6 +162,19 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             "reason": a.get("prune_reason") or a.get("fail_reason") or (f"same as trial {a['reused_from']}" if "reused_from" in a else ""),
         })
     return rows
+
+
+def validated_table(storage_url: str, name: str) -> str:
+    """The validated configurations, best mean first: the answer of `validate`."""
+    study = open_study(storage_url, name)
+    rows = [{"rank": i + 1, "trial": v.source_trial, "heads": v.heads, "family": v.family, "role": v.role,
+             "n_params": v.n_params, "validated": v.interval.text(), "seeds": " ".join(map(str, v.seeds)),
+             "search_val_bpc": v.search_value, "tokens_per_s": round(v.tokens_per_s) if v.tokens_per_s else None}
+            for i, v in enumerate(_validated(study))]
+    if not rows:
+        return f"study {name!r} has no validated configuration yet; run: python run_search.py validate --study {name}"
+    table = format_table(rows, list(rows[0]))
+    return f"validated (mean val_bpc ± 95% interval over fresh seeds):\n{table}"
 
 
 def trials_frame(study: optuna.Study):

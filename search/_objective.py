@@ -29,6 +29,7 @@ from mfha.errors import MFHAError
 from mfha.memory import estimate_training_peak
 from search._child import serve
 from search._dashboard import upload_trial_artifacts, write_config_files, write_result_files
+from search._evidence import BASELINE
 from search._fast_storage import FastReadRDBStorage
 from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
 from search._space import Candidate, Infeasible, SearchSpace
@@ -79,12 +80,20 @@ def config_key(model_config: ModelConfig, train_config: TrainConfig) -> str:
 
 
 class Objective:
-    """Callable for `study.optimize`: returns the final validation bits/char of one trial."""
+    """Callable for `study.optimize`: returns the final validation bits/char of one trial.
+
+    `propose` turns a trial into a Candidate (default: the search space samples one); validation
+    passes its own, which retrains a stored configuration with another seed. `reuse`: a trial whose
+    configuration an earlier trial trained takes that trial's result instead of training again.
+    """
 
     def __init__(self, config: StudyConfig, space: SearchSpace, pruner: MemoryAwarePruner, settings: TrialSettings,
-                 *, progress: Progress | None = None) -> None:
+                 *, progress: Progress | None = None, propose: Callable[[optuna.Trial], Candidate] | None = None,
+                 reuse: bool = True) -> None:
         self.config = config
         self.space = space
+        self.propose = propose or space.suggest
+        self.reuse = reuse
         self.pruner = pruner
         self.settings = settings
         self.progress = progress
@@ -116,13 +125,13 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         try:
-            cand = self.space.suggest(trial)
+            cand = self.propose(trial)
         except Infeasible as e:
             _set_attrs(trial, wasted=True, allocated=False, prune_kind="infeasible", prune_reason=f"infeasible: {e}")
             raise optuna.TrialPruned(f"infeasible: {e}") from None
         mc, tc = cand.model_config, cand.train_config
         key = config_key(mc, tc)
-        earlier = _find_same(trial.study, key)
+        earlier = _find_same(trial.study, key) if self.reuse else None
         if earlier is not None:
             return self._reuse(trial, earlier)
         forecast = estimate_training_peak(mc, tc, self.settings.device, baseline_bytes=self.settings.baseline_bytes)
@@ -139,7 +148,7 @@ class Objective:
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> float:
         for step, v in sorted(earlier.intermediate_values.items()):
             trial.report(v, step)
-        keep = {k: v for k, v in earlier.user_attrs.items() if k not in ("reused_from",)}
+        keep = {k: v for k, v in earlier.user_attrs.items() if k not in ("reused_from", "role")}
         _set_attrs(trial, **keep, reused_from=earlier.number)
         if earlier.state == TrialState.COMPLETE:
             return earlier.value
@@ -162,6 +171,8 @@ class Objective:
         self._start_spare()
         self.children_started += 1
         done = False
+        # a baseline is the reference the search is judged against: it trains to the end
+        loss_pruning = trial.user_attrs.get("role") != BASELINE
         history: list[dict] = []
         peak_rss, last_step = 0, None
         loss_reason: str | None = None
@@ -192,17 +203,19 @@ class Objective:
                     _, step, metrics = msg
                     last_step = step
                     history.append(metrics)
-                    if step >= tc.max_steps or step < self.no_prune_before:
+                    last = step >= tc.max_steps
+                    at = self.config.report_step(metrics, last=last)  # training steps, or tokens
+                    if last or at < self.no_prune_before or not loss_pruning:
                         # the last evaluation (nothing left to save: a trial that trained to the end is
-                        # COMPLETE) or one in the pruner's warm-up: the child need not wait for us
+                        # COMPLETE), one in the pruner's warm-up, or a baseline's: the child need not wait for us
                         parent_conn.send("continue")
-                        trial.report(metrics["val_bpc"], step)
+                        trial.report(metrics["val_bpc"], at)
                     else:
-                        trial.report(metrics["val_bpc"], step)
+                        trial.report(metrics["val_bpc"], at)
                         stop = trial.should_prune()
                         parent_conn.send("stop" if stop else "continue")
                         if stop:
-                            loss_reason = self.pruner.loss_reason(trial.study, trial.number, step, metrics["val_bpc"])
+                            loss_reason = self.pruner.loss_reason(trial.study, trial.number, at, metrics["val_bpc"])
                     if self.progress is not None:
                         self.progress.trial_eval(step, metrics)
                 else:
@@ -306,7 +319,7 @@ class Objective:
             peak = max(peak_rss, int(last.get("peak_mem_bytes", 0)))
         else:
             peak = int(last.get("peak_mem_bytes", 0))
-        final = {"peak_mem_mib": round(peak / MIB, 1), "steps": last.get("step", 0)}
+        final = {"peak_mem_mib": round(peak / MIB, 1), "steps": last.get("step", 0), "tokens": last.get("tokens", 0)}
         if last:
             final["tokens_per_s"] = round(last["tokens_per_s"], 1)
         if train_s:

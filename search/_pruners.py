@@ -26,13 +26,17 @@ def fmt_bytes(n: float) -> str:
 class MemoryAwarePruner(BasePruner):
     """Prunes when the forecast peak memory exceeds `memory_limit` bytes, else defers to `loss_pruner`."""
 
-    def __init__(self, loss_pruner: BasePruner, *, memory_limit: int | None, kind: str = "none", memory_name: str = "RAM") -> None:
+    def __init__(self, loss_pruner: BasePruner, *, memory_limit: int | None, kind: str = "none", memory_name: str = "RAM",
+                 step_unit: str = "steps") -> None:
         if memory_limit is not None and memory_limit <= 0:
             raise ValueError(f"memory_limit must be positive or None, but got {memory_limit=}.")
+        if step_unit not in ("steps", "tokens"):
+            raise ValueError(f"step_unit must be 'steps' or 'tokens', but got {step_unit=}.")
         self.loss_pruner = loss_pruner
         self.memory_limit = memory_limit
         self.kind = kind
         self.memory_name = memory_name
+        self.step_unit = step_unit
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         if self.forecast_verdict(trial.user_attrs.get(FORECAST_ATTR)) is not None:
@@ -68,16 +72,18 @@ class MemoryAwarePruner(BasePruner):
             for t in study.get_trials(deepcopy=False, states=states)
             if t.number != number and step in t.intermediate_values
         ]
-        head = f"lagging loss ({self.kind} pruner): val_bpc {value:.4f} at step {step}"
+        at = f"step {step}" if self.step_unit == "steps" else f"{step:,} tokens"
+        head = f"lagging loss ({self.kind} pruner): val_bpc {value:.4f} at {at}"
         if not others:
             return head
         which = "finished" if rungs else "complete"
-        return (f"{head}; {which} trials at step {step}: median {statistics.median(others):.4f}, "
+        return (f"{head}; {which} trials at {at}: median {statistics.median(others):.4f}, "
                 f"best {min(others):.4f} (n={len(others)})")
 
 
 def make_loss_pruner(p: PruningConfig, *, max_steps: int, eval_interval: int) -> BasePruner:
-    """The study file's loss pruner; steps are training steps (the trainer reports at each evaluation)."""
+    """The study file's loss pruner. Its steps are Optuna steps: training steps, or tokens in a study
+    with a token budget (`max_steps` is then the budget and `eval_interval` the tokens between evaluations)."""
     min_resource = p.min_resource or eval_interval
     if p.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps, interval_steps=p.interval_steps)

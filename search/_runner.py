@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +22,10 @@ import psutil
 from optuna.trial import FrozenTrial, TrialState
 
 from mfha.errors import ConfigError, MFHAError
+from optuna.storages import RDBStorage
+
 from search._dashboard import artifact_store, save_study_note, study_note
+from search._evidence import BASELINE
 from search._objective import Objective, TrialFailed, TrialSettings
 from search._pruners import MemoryAwarePruner, fmt_bytes, make_loss_pruner
 from search._space import MAX_WASTED_SHARE, SearchSpace
@@ -31,6 +35,9 @@ from search._workers import SurplusTrial, TrialSlots, worker_threads
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILS_IN_A_ROW = 5
+# what an interrupted trial's retry keeps besides its params: a baseline stays one, a validation
+# trial keeps the configuration and seed it retrains
+QUEUE_ATTRS = ("role", "source_trial", "seed")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -111,8 +118,9 @@ def prepare(config: StudyConfig, *, workers: int = 1, cache_dir: str | Path | No
                 f"{fmt_bytes(smallest)}{', framework ' + fmt_bytes(baseline) if baseline else ''}); raise {key} or shrink the space/batch."
             )
     pruner = MemoryAwarePruner(
-        make_loss_pruner(p, max_steps=config.steps, eval_interval=config.eval_interval),
+        make_loss_pruner(p, max_steps=config.max_resource, eval_interval=config.eval_every),
         memory_limit=memory_limit, kind=p.pruner, memory_name="RAM" if device == "cpu" else "GPU memory",
+        step_unit=config.step_unit,
     )
     return Prepared(config, space, vocab_sizes, device, ram_limit, gpu_limit, baseline, pruner, cache)
 
@@ -128,52 +136,96 @@ def run_study(config: StudyConfig, *, artifacts: str | Path | None = None, progr
 
 
 def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, cache_dir, log) -> RunSummary:
-    from search._objective import start_forkserver
-
     t_start = time.perf_counter()
-    # the storage first: a bad URL or an unwritable folder is reported before the forkserver starts
-    storage = make_storage(config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s)
-    start_forkserver()  # its imports overlap the data and baseline work below
-    prep = prepare(config, workers=workers, cache_dir=cache_dir)
+    storage, prep = open_run(config, workers=workers, cache_dir=cache_dir)
     t_prepared = time.perf_counter()
     # a server database is there to be shared: assume other workers (other machines) on the study
     parallel = workers > 1 or sqlite_path(config.storage) is None
+    study = search_study(config, prep, storage, parallel=parallel, log=log)
+    settings = trial_settings(config, prep, artifacts=artifacts, workers=workers, threads=threads)
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    total = config.n_trials
+    log(
+        f"study {config.name!r} in {mask_url(config.storage)}: {finished} finished trials"
+        + (f" of {total}" if total else "") + f"; device {prep.device}, {prep.pruner.memory_name} limit "
+        f"{fmt_bytes(prep.pruner.memory_limit) if prep.pruner.memory_limit else 'none'}, budget {config.band[0]:,}..{config.band[1]:,} params, "
+        + (f"{config.tokens:,} tokens per trial" if config.tokens else f"{config.train_config().max_steps:,} steps per trial")
+    )
+    bars = _Bars(config.name, total, finished, enabled=progress, log=log)
+    objective = Objective(config, prep.space, prep.pruner, settings, progress=bars)
+    return drive(study, storage, objective, bars, total=total, timeout_s=config.timeout_s, log=log, t_start=t_start,
+                 timings={"prepare_s": t_prepared - t_start})
+
+
+def open_run(config: StudyConfig, *, workers: int, cache_dir) -> tuple[RDBStorage, Prepared]:
+    """The storage (a bad URL or an unwritable folder is reported before the forkserver starts), then
+    the forkserver, whose imports overlap the data and baseline work of `prepare`."""
+    from search._objective import start_forkserver
+
+    storage = make_storage(config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s)
+    start_forkserver()
+    return storage, prepare(config, workers=workers, cache_dir=cache_dir)
+
+
+def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, parallel: bool, log) -> optuna.Study:
+    """The search study, created or resumed, with the study file and note stored; a new one gets its baselines."""
     study = optuna.create_study(
         study_name=config.name, storage=storage, sampler=prep.space.make_sampler(parallel=parallel),
         pruner=prep.pruner, direction="minimize", load_if_exists=True,
     )
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
         raise ConfigError(f"study {config.name!r} in {mask_url(config.storage)} maximizes; pick another study.name.")
+    name_objective(study)
+    fresh = not study.get_trials(deepcopy=False)
     study.set_user_attr("study_file", _masked_raw(config))
     study.set_user_attr("full_training", config.full_training)
     study.set_user_attr("vocab_sizes", {("char" if k is None else str(k)): v for k, v in prep.vocab_sizes.items()})
+    study.set_user_attr("step_unit", config.step_unit)
+    if config.source.endswith(".toml"):
+        study.set_user_attr("study_path", config.source)  # for the report's reproduce commands
     save_study_note(study, study_note(config, vocab_sizes=prep.vocab_sizes, memory_limit=prep.pruner.memory_limit,
                                       memory_name=prep.pruner.memory_name, storage_url=config.storage))
+    if fresh:
+        # first in the queue, so every study holds the plain multi-head answer at its budget
+        baselines = prep.space.baselines()
+        for params in baselines:
+            study.enqueue_trial(params, user_attrs={"role": BASELINE})
+        if baselines:
+            log(f"baselines: {len(baselines)} plain multi-head configurations enqueued first (role = baseline)")
+        elif config.baselines.enabled:
+            log("baselines: none (the space has no uniform heads; list some in [baselines] params or add 'uniform' to space.families)")
+    return study
+
+
+def name_objective(study: optuna.Study) -> None:
+    """The dashboard labels the objective `val_bpc` instead of "Objective 0"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_bpc"])
+
+
+def trial_settings(config: StudyConfig, prep: Prepared, *, artifacts, workers: int, threads: int | None) -> TrialSettings:
     folder = Path(artifacts) if artifacts is not None else default_artifacts_dir(config.storage)
     store = artifact_store(folder)
     scratch = folder.parent / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
-    settings = TrialSettings(
+    return TrialSettings(
         cache_dir=prep.cache_dir, threads=worker_threads(threads or config.threads, workers), device=prep.device,
         ram_limit=prep.ram_limit, gpu_limit=prep.gpu_limit, baseline_bytes=prep.baseline_bytes,
         artifacts=store, scratch=scratch, watch_interval_s=config.pruning.watch_interval_s,
     )
-    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    total = config.n_trials
-    log(
-        f"study {config.name!r} in {mask_url(config.storage)}: {finished} finished trials"
-        + (f" of {total}" if total else "") + f"; device {prep.device}, {prep.pruner.memory_name} limit "
-        f"{fmt_bytes(prep.pruner.memory_limit) if prep.pruner.memory_limit else 'none'}, budget {config.band[0]:,}..{config.band[1]:,} params"
-    )
-    bars = _Bars(config.name, total, finished, enabled=progress, log=log)
-    objective = Objective(config, prep.space, prep.pruner, settings, progress=bars)
+
+
+def drive(study: optuna.Study, storage: RDBStorage, objective: Objective, bars: _Bars, *, total: int | None,
+          timeout_s: float | None, log, t_start: float, timings: dict[str, float] | None = None) -> RunSummary:
+    """Trials until the study holds `total` finished trials (or `timeout_s` passes), closing cleanly on a signal."""
     fails = _FailGuard()
-    summary_counts_before = len(study.get_trials(deepcopy=False))
+    started_before = _started(study)
     interrupted = False
-    deadline = time.monotonic() + config.timeout_s if config.timeout_s else None
+    deadline = time.monotonic() + timeout_s if timeout_s else None
     slots = TrialSlots(total, deadline=deadline, log=log) if total is not None else None
     # which machine and process ran a trial, for the dashboard; written with the trial's other attrs
-    objective.extra_attrs = {"worker": f"{socket.gethostname()}:{os.getpid()}", "threads": settings.threads}
+    objective.extra_attrs = {"worker": f"{socket.gethostname()}:{os.getpid()}", "threads": objective.settings.threads}
 
     def run_trial(trial: optuna.Trial) -> float:
         objective.current_trial_id, objective.current_trial_number = trial._trial_id, trial.number
@@ -182,12 +234,12 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
         return objective(trial)
 
     callbacks = [bars.after_trial, fails] + ([slots.after_trial] if slots is not None else [])
-    timings = {"prepare_s": t_prepared - t_start}
+    timings = dict(timings or {})
     t_loop = time.perf_counter()
     try:
         with _sigterm_as_interrupt():
             if slots is None or slots.wait_for_slot(study):
-                study.optimize(run_trial, timeout=config.timeout_s, catch=(TrialFailed, SurplusTrial), callbacks=callbacks)
+                study.optimize(run_trial, timeout=timeout_s, catch=(TrialFailed, SurplusTrial), callbacks=callbacks)
     except KeyboardInterrupt:
         interrupted = True
         _close_interrupted(study, storage, objective)
@@ -201,10 +253,33 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     counts = Counter(t.state.name for t in trials)
     best = _best(study)
     return RunSummary(
-        config.name, mask_url(config.storage), {s.name: counts.get(s.name, 0) for s in TrialState},
+        study.study_name, mask_url(storage.url), {s.name: counts.get(s.name, 0) for s in TrialState},
         best.value if best else None, best.number if best else None, time.perf_counter() - t_start,
-        len(trials) - summary_counts_before, interrupted, objective.overhead_s, objective.train_s, timings,
+        _started(study) - started_before, interrupted, objective.overhead_s, objective.train_s, timings,
     )
+
+
+def _started(study: optuna.Study) -> int:
+    """Trials that ran or run (queued ones, WAITING, are not started yet)."""
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def count_trials(storage_url: str, name: str) -> int:
+    storage = make_storage(storage_url, heartbeat_interval=None)
+    try:
+        return len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+    except KeyError:  # not created yet
+        return 0
+
+
+def summarize(storage_url: str, name: str, *, before: int = 0, wall_s: float = 0.0) -> RunSummary:
+    """The run's summary line from the store, for a supervisor whose workers ran the trials."""
+    study = optuna.load_study(study_name=name, storage=make_storage(storage_url, heartbeat_interval=None))
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    best = _best(study)
+    return RunSummary(name, mask_url(storage_url), {s.name: counts.get(s.name, 0) for s in TrialState},
+                      best.value if best else None, best.number if best else None, wall_s, len(trials) - before)
 
 
 def _masked_raw(config: StudyConfig) -> dict:
@@ -232,8 +307,9 @@ def _close_interrupted(study: optuna.Study, storage, objective: Objective) -> No
         storage.set_trial_user_attr(tid, "fail_reason", "interrupted")
         storage.set_trial_state_values(tid, TrialState.FAIL)
         trial = storage.get_trial(tid)
-    if trial.state == TrialState.FAIL and trial.params:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    carried = {k: trial.user_attrs[k] for k in QUEUE_ATTRS if k in trial.user_attrs}
+    if trial.state == TrialState.FAIL and (trial.params or carried):
+        study.enqueue_trial(trial.params, user_attrs={**carried, "retry_of": trial.number})
 
 
 class _FailGuard:
@@ -281,6 +357,8 @@ class _Bars:
         a = trial.user_attrs
         what = f"val_bpc {trial.value:.4f}" if trial.state == TrialState.COMPLETE else a.get("prune_reason") or a.get("fail_reason", "")
         desc = f"{a['heads']} ({a['n_params']:,} params)" if "heads" in a else ""
+        if "source_trial" in a:
+            desc += f", trial {a['source_trial']} seed {a['seed']}"
         secs = trial.duration.total_seconds() if trial.duration else 0.0
         line = f"trial {trial.number} {trial.state.name.lower()} in {secs:.1f} s: {desc} {what}".replace("  ", " ")
         if self.trials is not None:
@@ -366,4 +444,4 @@ def _smallest_forecast(space: SearchSpace, device: str, baseline: int | None, es
     return best
 
 
-__all__ = ["run_study", "prepare", "RunSummary", "Prepared", "Interrupted"]
+__all__ = ["run_study", "prepare", "count_trials", "summarize", "open_run", "search_study", "trial_settings", "drive", "RunSummary", "Prepared", "Interrupted"]

@@ -160,6 +160,54 @@ class SearchSpace:
         values = {k: _suggest_domain(trial, f"{prefix}{family}_{k}", d) for k, d in self.space.family_space[family].items()}
         return family, make_head_spec(family, values)
 
+    def baselines(self) -> list[dict[str, Any]]:
+        """Params of the budget-matched plain multi-head configurations to enqueue ahead of the search.
+
+        One per uniform head size (baselines.sizes, or every space.uniform.size): the head count and
+        depth whose heads come closest to tiling the solved width (n x size = dim, as in plain
+        multi-head attention), in every layer; the smallest batch, the middle MLP multiplier and the
+        geometric middle of the learning-rate range, so a baseline is an ordinary, unlucky-proof point
+        of the space. Then the study file's own baselines.params. Sizes that fit no depth are skipped.
+        """
+        b = self.config.baselines
+        if not b.enabled:
+            return []
+        out = []
+        if "uniform" in self.space.families:
+            dom = self.space.family_space["uniform"]
+            for size in b.sizes or domain_values(dom["size"]):
+                params = self._baseline(size, domain_values(dom["n"]))
+                if params is not None:
+                    out.append(params)
+        return out + [dict(p) for p in b.params]
+
+    def _baseline(self, size: int, counts: list[int]) -> dict[str, Any] | None:
+        s = self.space
+        vocab_choice = self.config.vocab_choices[0]
+        mlp_mult = sorted(s.mlp_mult)[(len(s.mlp_mult) - 1) // 2]
+        best = None
+        for n in counts:
+            spec = make_head_spec("uniform", {"n": n, "size": size})
+            specs = (spec,) if "shared" in s.head_mix else (spec, spec)
+            plan, _ = self._plan(specs, mlp_mult, self.vocab_sizes[vocab_choice])
+            middle = (self.depths[0] + self.depths[-1]) / 2
+            for depth, (dim, _n_params) in plan.items():
+                score = (abs(n * size - dim) / dim, abs(depth - middle), depth)
+                if best is None or score < best[0]:
+                    best = (score, n, depth, dim)
+        if best is None:
+            return None
+        _, n, depth, dim = best
+        lr = (math.sqrt(s.lr.min * s.lr.max) if isinstance(s.lr, FloatRange) else sorted(s.lr)[(len(s.lr) - 1) // 2])
+        params: dict[str, Any] = {
+            "tokenizer_vocab": "char" if vocab_choice is None else vocab_choice,
+            "head_mix": "shared" if "shared" in s.head_mix else "per_layer",
+            "mlp_mult": mlp_mult, "lr": lr, "batch_size": min(s.batch_size), "n_layers": depth, "dim": dim,
+        }
+        for prefix in ("",) if params["head_mix"] == "shared" else ("lower_", "upper_"):
+            params.update({f"{prefix}family": "uniform", f"{prefix}uniform_n": n, f"{prefix}uniform_size": size})
+        return params
+
     def make_sampler(self, *, parallel: bool = False) -> SpaceSampler:
         """The study file's sampler wrapped in a SpaceSampler; `parallel`: several workers share the study."""
         sc = self.config.sampler

@@ -30,7 +30,13 @@ TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 TRAINING_KEYS = tuple(k for k in TRAIN_FIELDS if k not in DATA_KEYS)
 # [full_training] changes how long the exported model trains, nothing that would change the model it
 # trains, so the trial's own result stays reproducible from the export with --max-steps.
-FULL_TRAINING_KEYS = ("max_steps", "max_time_s", "eval_interval", "device", "compile")
+FULL_TRAINING_KEYS = ("max_steps", "tokens", "max_time_s", "eval_interval", "eval_tokens", "device", "compile")
+# a token budget per trial: the trainer's step counts follow from each trial's batch size
+TOKEN_KEYS = ("tokens", "eval_tokens", "warmup_tokens")
+# with a token budget these are counted in tokens, under these names
+STEP_KEYS_IN_TOKENS = {"max_steps": "tokens", "eval_interval": "eval_tokens", "warmup_steps": "warmup_tokens"}
+EVALS_PER_TRIAL = 5  # eval_tokens default: the budget in fifths
+WARMUP_SHARE = 0.05  # warmup_tokens default: 5% of the budget
 MODEL_KEYS = ("max_seq_len", "kv_share", "rope_base", "norm_eps", "init_std")
 
 FAMILY_KEYS: dict[str, tuple[str, ...]] = {
@@ -45,13 +51,16 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "budget": ("params", "tolerance"),
     "space": ("depth", "width", "head_mix", "families", "mlp_mult", "lr", "batch_size", *HEAD_FAMILIES),
     "model": MODEL_KEYS,
-    "training": (*TRAINING_KEYS, "threads"),
+    "training": (*TRAINING_KEYS, *TOKEN_KEYS, "threads"),
     "pruning": (
-        "ram_limit", "ram_auto_share", "gpu_memory_limit", "pruner", "warmup_steps", "startup_trials",
-        "interval_steps", "percentile", "min_resource", "reduction_factor", "p_threshold", "watch_interval_s",
+        "ram_limit", "ram_auto_share", "gpu_memory_limit", "pruner", "warmup_steps", "warmup_tokens", "startup_trials",
+        "interval_steps", "percentile", "min_resource", "min_resource_tokens", "reduction_factor", "p_threshold",
+        "watch_interval_s",
     ),
     "sampler": ("kind", "seed", "multivariate", "startup_trials", "constant_liar"),
     "full_training": FULL_TRAINING_KEYS,
+    "baselines": ("enabled", "sizes", "params"),
+    "validation": ("top", "seeds", "families"),
 }
 REQUIRED_SECTIONS = ("study", "budget", "space")
 
@@ -101,11 +110,13 @@ class PruningConfig:
     ram_auto_share: float = 0.8
     gpu_memory_limit: int | str | None = None  # CUDA only: bytes or "auto" (a share of the device)
     pruner: str = "median"
-    warmup_steps: int = 0  # training steps before the loss pruner may act
+    # warmup_steps and min_resource count Optuna steps: training steps, or tokens in a study with a
+    # token budget (where the study file names them warmup_tokens and min_resource_tokens)
+    warmup_steps: int = 0  # before the loss pruner may act
     startup_trials: int = 3
     interval_steps: int = 1
     percentile: float = 25.0
-    min_resource: int | None = None  # successive_halving / hyperband; default: training.eval_interval
+    min_resource: int | None = None  # successive_halving / hyperband; default: one evaluation
     reduction_factor: int = 3
     p_threshold: float = 0.1
     watch_interval_s: float = 0.05  # how often the parent samples the trial process's RSS
@@ -119,6 +130,24 @@ class SamplerConfig:
     startup_trials: int = 10
     # None: on only when several workers share the study (it re-reads the store on every sample)
     constant_liar: bool | None = None
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """Plain multi-head configurations enqueued ahead of the search, each marked `role = baseline`."""
+
+    enabled: bool = True
+    sizes: tuple | None = None  # uniform head sizes, one baseline each; None: every space.uniform.size
+    params: tuple = ()  # param tables enqueued as given (names as `show` prints them)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Retrain the `top` best distinct configurations (and the best of every family) with `seeds` fresh seeds."""
+
+    top: int = 3
+    seeds: int = 3
+    families: bool = True
 
 
 @dataclass
@@ -135,6 +164,11 @@ class StudyConfig:
     full_training: dict[str, Any] = field(default_factory=dict)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    validation: ValidationConfig | None = None  # set: `run` validates after the search
+    tokens: int | None = None  # training tokens per trial; None: [training] max_steps
+    eval_tokens: int | None = None
+    warmup_tokens: int | None = None
     description: str = ""
     n_trials: int | None = None
     timeout_s: float | None = None
@@ -152,19 +186,37 @@ class StudyConfig:
         return lo, hi
 
     def train_config(self, **searched: Any) -> TrainConfig:
-        """The per-trial TrainConfig: [data] + [training] + the searched values (lr, batch_size, ...)."""
-        return TrainConfig.from_dict({**self.data, **self.training, **searched})
+        """The per-trial TrainConfig: [data] + [training] + the searched values (lr, batch_size, ...).
 
-    def full_train_config(self, trial_config: TrainConfig) -> TrainConfig:
-        return TrainConfig.from_dict({**trial_config.to_dict(), **self.full_training})
+        With a token budget, the step counts follow from the trial's batch size and sequence length.
+        """
+        d = {**self.data, **self.training, **searched}
+        if self.tokens is not None:
+            d.update(token_steps(self.tokens, self.eval_tokens, self.warmup_tokens, batch_size=d.get("batch_size", TrainConfig.batch_size),
+                                 seq_len=d.get("seq_len", TrainConfig.seq_len)))
+        return TrainConfig.from_dict(d)
 
     @property
-    def steps(self) -> int:
-        return self.train_config().max_steps
+    def step_unit(self) -> str:
+        """What an Optuna step (of a report, a pruner's warm-up) counts: "tokens" or "steps"."""
+        return "tokens" if self.tokens is not None else "steps"
 
     @property
-    def eval_interval(self) -> int:
-        return self.train_config().eval_interval
+    def max_resource(self) -> int:
+        """A whole trial, in Optuna steps."""
+        return self.tokens if self.tokens is not None else self.train_config().max_steps
+
+    @property
+    def eval_every(self) -> int:
+        """One evaluation, in Optuna steps."""
+        return self.eval_tokens if self.tokens is not None else self.train_config().eval_interval
+
+    def report_step(self, metrics: dict, *, last: bool) -> int:
+        """The Optuna step of an evaluation: the training step, or with a token budget the token count
+        it stands for (a multiple of eval_tokens, the budget itself at the end), the same in every trial."""
+        if self.tokens is None:
+            return metrics["step"]
+        return self.tokens if last else metrics["tokens"] // self.eval_tokens * self.eval_tokens
 
     def with_overrides(self, *, dataset: str | None = None, storage: str | None = None,
                        n_trials: int | None = None, timeout_s: float | None = None) -> StudyConfig:
@@ -313,20 +365,72 @@ class _Parser:
             space = _replace_space(space, batch_size=(training["batch_size"],))
         threads = training.get("threads", 0)
         self.rule(_is_int(threads) and threads >= 0, "must be an integer >= 0 (0: all cores)", "training.threads", threads)
-        training = {k: v for k, v in training.items() if k not in ("lr", "batch_size", "threads")}
+        tokens = self.token_budget(training, pruning_raw, space)
+        training = {k: v for k, v in training.items() if k not in ("lr", "batch_size", "threads", *TOKEN_KEYS)}
 
         self.check_train_fields(data_fields, training, vocab_choices, space)
         self.check_model(model, training)
-        pruning = self.pruning(pruning_raw)
+        pruning = self.pruning(pruning_raw, token_budget=tokens is not None)
         sampler = self.sampler(sampler_raw)
         full = self.full_training(full)
+        baselines = self.baselines(self.section("baselines"), space)
+        validation = self.validation(self.section("validation")) if "validation" in self.raw else None
         return StudyConfig(
             name=name, budget_params=params, budget_tolerance=float(tol), space=space,
             vocab_choices=vocab_choices, data=data_fields, training=training, threads=threads, model=model,
-            full_training=full, pruning=pruning, sampler=sampler, description=description,
+            full_training=full, pruning=pruning, sampler=sampler, baselines=baselines, validation=validation,
+            tokens=tokens[0] if tokens else None, eval_tokens=tokens[1] if tokens else None,
+            warmup_tokens=tokens[2] if tokens else None, description=description,
             n_trials=n_trials, timeout_s=float(timeout_s) if timeout_s is not None else None,
             storage=storage, heartbeat_interval_s=heartbeat, grace_period_s=grace, source=self.source, raw=self.raw,
         )
+
+    def token_budget(self, training: dict, pruning: dict, space: SpaceConfig) -> tuple[int, int, int] | None:
+        """(tokens, eval_tokens, warmup_tokens) from [training], or None for a study counted in steps."""
+        if "tokens" not in training:
+            for k in ("eval_tokens", "warmup_tokens"):
+                if k in training:
+                    self.fail(f"training.{k} needs training.tokens (a token budget per trial); set it, or use training.{k.replace('_tokens', '_interval' if k == 'eval_tokens' else '_steps')}.")
+            return None
+        for steps_key, tokens_key in STEP_KEYS_IN_TOKENS.items():
+            if steps_key in training:
+                self.fail(f"training.{steps_key} counts steps, but training.tokens sets a token budget (steps follow from each trial's batch size); "
+                          f"use training.{tokens_key}, or remove training.tokens.")
+        tokens = training["tokens"]
+        self.rule(_is_int(tokens) and tokens >= 1, "must be a positive integer (training tokens per trial)", "training.tokens", tokens)
+        eval_tokens = training.get("eval_tokens", max(1, tokens // EVALS_PER_TRIAL))
+        self.rule(_is_int(eval_tokens) and 1 <= eval_tokens <= tokens, f"must be an integer in [1, training.tokens={tokens}]",
+                  "training.eval_tokens", eval_tokens)
+        warmup = training.get("warmup_tokens", round(tokens * WARMUP_SHARE))
+        self.rule(_is_int(warmup) and 0 <= warmup < tokens, f"must be an integer in [0, training.tokens={tokens})", "training.warmup_tokens", warmup)
+        return tokens, eval_tokens, warmup
+
+    def baselines(self, b: dict[str, Any], space: SpaceConfig) -> BaselinesConfig:
+        enabled = b.get("enabled", True)
+        self.rule(isinstance(enabled, bool), "must be true or false", "baselines.enabled", enabled)
+        sizes = b.get("sizes")
+        if sizes is not None:
+            ok = isinstance(sizes, list) and sizes and all(_is_int(x) for x in sizes) and len(set(sizes)) == len(sizes)
+            self.rule(ok, "must be a list of distinct uniform head sizes", "baselines.sizes", sizes)
+            if "uniform" not in space.families:
+                self.fail("baselines.sizes needs 'uniform' in space.families (a baseline is a trial of the space); add it, or remove baselines.sizes.")
+            allowed = domain_values(space.family_space["uniform"]["size"])
+            bad = [x for x in sizes if x not in allowed]
+            self.rule(not bad, f"must be sizes that space.uniform.size allows ({', '.join(map(str, allowed))})", "baselines.sizes", sizes)
+        params = b.get("params", [])
+        ok = isinstance(params, list) and all(isinstance(x, dict) and x for x in params)
+        self.rule(ok, "must be a list of param tables, e.g. [{family = \"uniform\", uniform_n = 4, uniform_size = 16}]", "baselines.params", params)
+        return BaselinesConfig(enabled, tuple(sizes) if sizes is not None else None, tuple(dict(x) for x in params))
+
+    def validation(self, v: dict[str, Any]) -> ValidationConfig:
+        d = ValidationConfig()
+        top = v.get("top", d.top)
+        self.rule(_is_int(top) and top >= 1, "must be a positive integer", "validation.top", top)
+        seeds = v.get("seeds", d.seeds)
+        self.rule(_is_int(seeds) and seeds >= 2, "must be an integer >= 2 (an interval needs two seeds)", "validation.seeds", seeds)
+        families = v.get("families", d.families)
+        self.rule(isinstance(families, bool), "must be true or false", "validation.families", families)
+        return ValidationConfig(top, seeds, families)
 
     def vocab(self, v: Any) -> tuple:
         items = v if isinstance(v, list) else [v]
@@ -452,8 +556,17 @@ class _Parser:
         except ConfigError as e:
             self.fail(f"[model]: {e}")
 
-    def pruning(self, p: dict[str, Any]) -> PruningConfig:
+    def pruning(self, p: dict[str, Any], *, token_budget: bool = False) -> PruningConfig:
         d = PruningConfig()
+        # in a study with a token budget the pruner's step counts are tokens, and named so
+        names = {"warmup_steps": "warmup_tokens", "min_resource": "min_resource_tokens"}
+        for steps_key, tokens_key in names.items():
+            wrong, right = (steps_key, tokens_key) if token_budget else (tokens_key, steps_key)
+            if wrong in p:
+                unit = "tokens: [training] tokens sets a token budget" if token_budget else "training steps: the study has no [training] tokens"
+                self.fail(f"pruning.{wrong} does not fit this study, whose pruner counts {unit}; use pruning.{right}.")
+        if token_budget:
+            p = {({t: k for k, t in names.items()}).get(k, k): v for k, v in p.items()}
         ram = p.get("ram_limit", d.ram_limit)
         if ram != "auto":
             ram = parse_bytes(ram, "pruning.ram_limit")
@@ -471,10 +584,11 @@ class _Parser:
         vals: dict[str, Any] = {}
         for k, minimum in ints.items():
             v = p.get(k, getattr(d, k))
-            self.rule(_is_int(v) and v >= minimum, f"must be an integer >= {minimum}", f"pruning.{k}", v)
+            self.rule(_is_int(v) and v >= minimum, f"must be an integer >= {minimum}", f"pruning.{_file_key(k, token_budget)}", v)
             vals[k] = v
         mr = p.get("min_resource")
-        self.rule(mr is None or (_is_int(mr) and mr >= 1), "must be a positive number of steps", "pruning.min_resource", mr)
+        self.rule(mr is None or (_is_int(mr) and mr >= 1), f"must be a positive number of {'tokens' if token_budget else 'steps'}",
+                  f"pruning.{_file_key('min_resource', token_budget)}", mr)
         pct = p.get("percentile", d.percentile)
         self.rule(_is_num(pct) and 0 < pct < 100, "must be in (0, 100)", "pruning.percentile", pct)
         pth = p.get("p_threshold", d.p_threshold)
@@ -501,11 +615,27 @@ class _Parser:
         return SamplerConfig(kind, seed, mv, st, cl)
 
     def full_training(self, f: dict[str, Any]) -> dict[str, Any]:
+        if "tokens" in f:
+            self.rule(_is_int(f["tokens"]) and f["tokens"] >= 1, "must be a positive integer (training tokens)", "full_training.tokens", f["tokens"])
+            if "max_steps" in f:
+                self.fail("full_training sets both tokens and max_steps; keep one of them.")
         try:
-            TrainConfig.from_dict(dict(f))
+            TrainConfig.from_dict({k: v for k, v in f.items() if k != "tokens"})
         except ConfigError as e:
             self.fail(_prefix_keys(str(e), {k: "full_training" for k in f}))
         return dict(f)
+
+
+def _file_key(key: str, token_budget: bool) -> str:
+    """The study-file name of a PruningConfig field (the token names in a token-budget study)."""
+    return {"warmup_steps": "warmup_tokens", "min_resource": "min_resource_tokens"}.get(key, key) if token_budget else key
+
+
+def token_steps(tokens: int, eval_tokens: int, warmup_tokens: int, *, batch_size: int, seq_len: int) -> dict[str, int]:
+    """TrainConfig step fields for a token budget: every trial sees `tokens` tokens, to within one batch."""
+    per_step = batch_size * seq_len
+    return {"max_steps": -(-tokens // per_step), "eval_tokens": eval_tokens, "eval_interval": max(1, eval_tokens // per_step),
+            "warmup_steps": round(warmup_tokens / per_step)}
 
 
 def _prefix_keys(msg: str, sections: dict[str, str]) -> str:
@@ -538,7 +668,8 @@ def make_head_spec(family: str, values: dict[str, Any]) -> HeadSpec:
 
 
 __all__ = [
-    "StudyConfig", "SpaceConfig", "PruningConfig", "SamplerConfig", "IntRange", "FloatRange",
+    "StudyConfig", "SpaceConfig", "PruningConfig", "SamplerConfig", "BaselinesConfig", "ValidationConfig", "IntRange", "FloatRange",
+    "token_steps",
     "load_study_file", "parse_study", "parse_bytes", "make_head_spec", "domain_values",
     "DEFAULT_STORAGE", "PRUNERS", "HEAD_MIXES",
 ]

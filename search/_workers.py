@@ -119,8 +119,8 @@ def worker_threads(requested: int | None, workers: int) -> int:
     return share if not requested else min(requested, share)
 
 
-def run_workers(argv: list[str], workers: int, *, log: Callable[[str], None]) -> list[int]:
-    """Run `run_search.py run ARGV --worker-index I` for I in 0..workers-1 and wait for all.
+def run_workers(argv: list[str], workers: int, *, log: Callable[[str], None], command: str = "run") -> list[int]:
+    """Run `run_search.py COMMAND ARGV --worker-index I` for I in 0..workers-1 and wait for all.
 
     The workers get their own sessions, so a Ctrl-C reaches them once, forwarded from here (as
     SIGINT; SIGTERM as SIGTERM); each closes its running trial and exits. A worker whose
@@ -141,7 +141,7 @@ def run_workers(argv: list[str], workers: int, *, log: Callable[[str], None]) ->
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for i in range(workers):
-            cmd = [sys.executable, script, "run", *argv, "--worker-index", str(i)]
+            cmd = [sys.executable, script, command, *argv, "--worker-index", str(i)]
             procs.append(subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent))
         log(f"started {workers} workers (pids {', '.join(str(p.pid) for p in procs)}), {worker_threads(None, workers)} torch thread(s) each")
         codes = []
@@ -158,32 +158,6 @@ def run_workers(argv: list[str], workers: int, *, log: Callable[[str], None]) ->
             signal.signal(s, h)
 
 
-def count_trials(storage_url: str, name: str) -> int:
-    from search._storage import make_storage
-
-    storage = make_storage(storage_url, heartbeat_interval=None)
-    try:
-        return len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
-    except KeyError:  # not created yet
-        return 0
-
-
-def summarize(storage_url: str, name: str, *, before: int = 0, wall_s: float = 0.0):
-    """The run's summary line from the store, for a supervisor whose workers ran the trials."""
-    from collections import Counter
-
-    from search._runner import RunSummary
-    from search._storage import make_storage, mask_url
-
-    study = optuna.load_study(study_name=name, storage=make_storage(storage_url, heartbeat_interval=None))
-    trials = study.get_trials(deepcopy=False)
-    counts = Counter(t.state.name for t in trials)
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = min(done, key=lambda t: (t.value, t.number)) if done else None
-    return RunSummary(name, mask_url(storage_url), {s.name: counts.get(s.name, 0) for s in TrialState},
-                      best.value if best else None, best.number if best else None, wall_s, len(trials) - before)
-
-
 def _script() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run_search.py")
 
@@ -194,4 +168,4 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-__all__ = ["TrialSlots", "SurplusTrial", "run_workers", "worker_threads", "is_queued", "count_trials", "summarize", "SURPLUS"]
+__all__ = ["TrialSlots", "SurplusTrial", "run_workers", "worker_threads", "is_queued", "SURPLUS"]

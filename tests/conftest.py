@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared/data/tinystories"
+CHROMIUM = os.environ.get("MFHA_CHROMIUM", "/usr/bin/chromium")
+# as root Chromium needs --no-sandbox; the rest keep it off the network and quiet
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,7 +56,7 @@ tolerance = 0.3
 [space]
 depth = {{ min = 1, max = 2 }}
 width = {{ min = 8, max = 64, step = 2 }}
-families = ["uniform"]
+families = {families}
 mlp_mult = [2.0]
 lr = {{ min = 1e-3, max = 1e-2 }}
 batch_size = [8]
@@ -77,17 +83,43 @@ seed = 1
 """
 
 
+def write_tiny_study(folder: Path, dataset: str, name: str = "tiny", *, n_trials: int = 4, steps: int = 30, heartbeat: int = 1,
+                     grace: int = 3, families: tuple[str, ...] = ("uniform",), extra: str = "") -> Path:
+    """A study file of tiny models (a trial trains in about a second) in `folder`; a family other than
+    uniform needs its [space.FAMILY] table in `extra`."""
+    path = folder / f"{name}.toml"
+    path.write_text(TINY_STUDY.format(name=name, n_trials=n_trials, steps=steps, heartbeat=heartbeat, grace=grace,
+                                      dataset=dataset, families=json.dumps(list(families))) + extra)
+    return path
+
+
 @pytest.fixture
 def tiny_study(tmp_path, tinystories):
     """Write a study file of tiny models (a trial trains in about a second); returns its path."""
 
-    def write(name: str = "tiny", *, n_trials: int = 4, steps: int = 30, heartbeat: int = 1, grace: int = 3, extra: str = "") -> Path:
-        path = tmp_path / f"{name}.toml"
-        path.write_text(TINY_STUDY.format(name=name, n_trials=n_trials, steps=steps, heartbeat=heartbeat, grace=grace,
-                                          dataset=tinystories) + extra)
-        return path
+    def write(name: str = "tiny", **kw) -> Path:
+        return write_tiny_study(tmp_path, tinystories, name, **kw)
 
     return write
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """A page in headless Chromium (Debian's, driven by Playwright: no browser download)."""
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("playwright is not installed; pip install -r requirements.txt (bash .ci/run does)")
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        pytest.fail(f"no Chromium at {CHROMIUM}; apt-get install chromium (bash .ci/run does)")
+    with sync_api.sync_playwright() as p:
+        # a fresh profile per test; headless is Playwright's default and adds --headless
+        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+                                                       args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
 
 
 @pytest.fixture(scope="session")

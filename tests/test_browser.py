@@ -1,9 +1,7 @@
 """The dashboard as a person sees it: `run_search.py dashboard` on a finished study, opened in headless
 Chromium (Debian's, driven by Playwright). The study page lists the trials and draws the
 intermediate-value chart; a trial's page lists its artifacts. Screenshots land in the test's tmp folder."""
-import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -12,28 +10,6 @@ import pytest
 from tests._cli import REPO, free_port, run_search, trials, wait_for
 
 pytestmark = pytest.mark.slow
-CHROMIUM = os.environ.get("MFHA_CHROMIUM", "/usr/bin/chromium")
-# as root Chromium needs --no-sandbox; the rest keep it off the network and quiet
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-def browser(tmp_path):
-    try:
-        from playwright import sync_api
-    except ImportError:
-        pytest.fail("playwright is not installed; pip install -r requirements.txt (bash .ci/run does)")
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        pytest.fail(f"no Chromium at {CHROMIUM}; apt-get install chromium (bash .ci/run does)")
-    with sync_api.sync_playwright() as p:
-        # a fresh profile per test; headless is Playwright's default and adds --headless
-        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-                                                       args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
-        try:
-            yield context.new_page()
-        finally:
-            context.close()
 
 
 def test_study_trials_chart_and_artifacts_in_chromium(tmp_path, tiny_study, browser):

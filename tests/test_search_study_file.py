@@ -242,3 +242,90 @@ def test_cli_overrides_are_validated():
 @pytest.mark.parametrize("text,expected", [("2 GiB", 2 * 2**30), ("800MB", 800 * 10**6), ("1.5 kib", 1536), (4096, 4096)])
 def test_parse_bytes(text, expected):
     assert parse_bytes(text, "k") == expected
+
+
+TOKENS = {"training__max_steps": None, "training__eval_interval": None, "training__tokens": 4096, "training__eval_tokens": 1024}
+
+
+def test_token_budget_sets_each_trials_steps_from_its_batch_size():
+    c = parse_study(study(**TOKENS, training__warmup_tokens=512, pruning__warmup_tokens=2048))
+    assert (c.tokens, c.eval_tokens, c.warmup_tokens, c.step_unit, c.max_resource, c.eval_every) == (4096, 1024, 512, "tokens", 4096, 1024)
+    assert c.pruning.warmup_steps == 2048  # the loss pruner counts Optuna steps, i.e. tokens here
+    small, big = c.train_config(batch_size=4), c.train_config(batch_size=16)
+    assert (small.max_steps, small.warmup_steps, small.eval_tokens) == (64, 8, 1024)
+    assert (big.max_steps, big.warmup_steps) == (16, 2)
+
+
+def test_token_budget_defaults_to_fifths_and_five_percent_warmup():
+    c = parse_study(study(**{**TOKENS, "training__eval_tokens": None}))
+    assert (c.eval_tokens, c.warmup_tokens) == (819, 205)
+
+
+def test_report_step_is_the_token_count_of_the_evaluation():
+    c = parse_study(study(**TOKENS))
+    assert c.report_step({"step": 70, "tokens": 1120}, last=False) == 1024
+    assert c.report_step({"step": 256, "tokens": 4096}, last=True) == 4096
+    assert parse_study(study()).report_step({"step": 5, "tokens": 80}, last=False) == 5
+
+
+@pytest.mark.parametrize("key,name", [("max_steps", "tokens"), ("eval_interval", "eval_tokens"), ("warmup_steps", "warmup_tokens")])
+def test_step_counts_beside_a_token_budget_name_the_token_key(key, name):
+    with pytest.raises(ConfigError, match=rf"training\.{key} counts steps, but training\.tokens sets a token budget .* use training\.{name}"):
+        parse_study(study(**{**TOKENS, f"training__{key}": 10}))
+
+
+def test_eval_tokens_without_a_budget_names_training_tokens():
+    with pytest.raises(ConfigError, match=r"training\.eval_tokens needs training\.tokens"):
+        parse_study(study(training__eval_tokens=100))
+
+
+def test_token_budget_must_be_positive():
+    with pytest.raises(ConfigError, match=r"training\.tokens must be a positive integer .*, but got training\.tokens=0\."):
+        parse_study(study(**{**TOKENS, "training__tokens": 0}))
+
+
+def test_eval_tokens_must_fit_the_budget():
+    with pytest.raises(ConfigError, match=r"training\.eval_tokens must be an integer in \[1, training\.tokens=4096\]"):
+        parse_study(study(**{**TOKENS, "training__eval_tokens": 5000}))
+
+
+def test_pruner_warmup_in_the_wrong_unit_names_the_right_key():
+    with pytest.raises(ConfigError, match=r"pruning\.warmup_steps does not fit this study, whose pruner counts tokens.*use pruning\.warmup_tokens"):
+        parse_study(study(**TOKENS, pruning__warmup_steps=10))
+    with pytest.raises(ConfigError, match=r"pruning\.min_resource_tokens does not fit this study, whose pruner counts training steps"):
+        parse_study(study(pruning__min_resource_tokens=10))
+
+
+def test_full_training_takes_tokens_or_steps_not_both():
+    with pytest.raises(ConfigError, match=r"full_training sets both tokens and max_steps; keep one of them\."):
+        parse_study(study(full_training__tokens=1000, full_training__max_steps=10))
+
+
+def test_validation_section_sets_top_and_seeds():
+    assert parse_study(study()).validation is None
+    v = parse_study(study(validation__top=2, validation__seeds=5)).validation
+    assert (v.top, v.seeds, v.families) == (2, 5, True)
+
+
+def test_validation_needs_two_seeds():
+    with pytest.raises(ConfigError, match=r"validation\.seeds must be an integer >= 2 \(an interval needs two seeds\), but got validation\.seeds=1\."):
+        parse_study(study(validation__seeds=1))
+
+
+def test_unknown_validation_key_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"unknown key 'validation\.seed'; did you mean 'validation\.seeds'\?"):
+        parse_study(study(validation__seed=3))
+
+
+def test_baseline_sizes_must_be_sizes_of_the_space():
+    with pytest.raises(ConfigError, match=r"baselines\.sizes must be sizes that space\.uniform\.size allows \(8, 16\)"):
+        parse_study(study(baselines__sizes=[32]))
+
+
+def test_baseline_sizes_need_uniform_heads_in_the_space():
+    with pytest.raises(ConfigError, match=r"baselines\.sizes needs 'uniform' in space\.families"):
+        parse_study(study(space__families=["fractal"], space__uniform=None, baselines__sizes=[8]))
+
+
+def test_baselines_can_be_turned_off():
+    assert parse_study(study(baselines__enabled=False)).baselines.enabled is False

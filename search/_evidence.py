@@ -1,0 +1,97 @@
+"""What a study's validation says: which configurations were retrained, and their means over seeds.
+
+The search study NAME holds one trial per sampled configuration; its companion study
+`NAME.validation` holds one COMPLETE trial per (configuration, fresh seed), with user attrs
+`source_trial` and `seed`. Everything here reads those two studies and nothing else, so `show`,
+`export` and the report agree on the numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search._stats import Interval, mean_interval
+
+VALIDATION_SUFFIX = ".validation"
+BASELINE = "baseline"
+
+
+def validation_name(search_name: str) -> str:
+    return search_name + VALIDATION_SUFFIX
+
+
+def mixes_sizes(model_config: dict) -> bool:
+    """True when some layer has heads of more than one size (MFHA); False for plain multi-head layers."""
+    heads = model_config["heads"]
+    specs = heads if isinstance(heads, list) else [heads]
+    from mfha.heads import HeadSpec
+
+    return any(len(set(HeadSpec.from_dict(dict(s)).sizes)) > 1 for s in specs)
+
+
+@dataclass
+class Validated:
+    """One retrained configuration: its search trial and its results over the validation seeds."""
+
+    source_trial: int
+    heads: str
+    family: str
+    mixed: bool
+    role: str | None  # "baseline" for an enqueued plain multi-head baseline
+    n_params: int
+    search_value: float | None
+    seeds: list[int]
+    values: list[float]  # final val_bpc per seed, in the order of `seeds`
+    interval: Interval
+    tokens_per_s: float | None  # mean over the validation trials
+    trials: list[int] = field(default_factory=list)  # validation trial numbers
+    curves: dict[int, dict[int, float]] = field(default_factory=dict)  # seed -> {step: val_bpc}
+
+    @property
+    def mean(self) -> float:
+        return self.interval.mean
+
+
+def validated(search: optuna.Study, validation: optuna.Study) -> list[Validated]:
+    """Every configuration with at least one COMPLETE validation trial, best validated mean first."""
+    by_number = {t.number: t for t in search.get_trials(deepcopy=False)}
+    groups: dict[int, list[FrozenTrial]] = {}
+    for t in validation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "source_trial" in t.user_attrs:
+            groups.setdefault(int(t.user_attrs["source_trial"]), []).append(t)
+    rows = []
+    for source, ts in groups.items():
+        ts.sort(key=lambda t: (t.user_attrs["seed"], t.number))
+        seen, unique = set(), []
+        for t in ts:  # a seed retrained twice (a race between machines) counts once
+            if t.user_attrs["seed"] not in seen:
+                seen.add(t.user_attrs["seed"])
+                unique.append(t)
+        src = by_number.get(source)
+        a = (src.user_attrs if src is not None else None) or unique[0].user_attrs
+        speeds = [t.user_attrs["tokens_per_s"] for t in unique if t.user_attrs.get("tokens_per_s")]
+        rows.append(Validated(
+            source_trial=source, heads=a.get("heads", ""), family=a.get("family", ""),
+            mixed=mixes_sizes(a["model_config"]), role=a.get("role"), n_params=a.get("n_params", 0),
+            search_value=src.value if src is not None and src.state == TrialState.COMPLETE else None,
+            seeds=[t.user_attrs["seed"] for t in unique], values=[t.value for t in unique],
+            interval=mean_interval([t.value for t in unique]),
+            tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
+            trials=[t.number for t in unique],
+            curves={t.user_attrs["seed"]: dict(sorted(t.intermediate_values.items())) for t in unique},
+        ))
+    rows.sort(key=lambda r: (r.mean, r.source_trial))
+    return rows
+
+
+def load_validation(storage, search_name: str) -> optuna.Study | None:
+    """The companion validation study, or None when the study was never validated."""
+    name = validation_name(search_name)
+    if name not in optuna.get_all_study_names(storage):
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+__all__ = ["Validated", "validated", "load_validation", "validation_name", "mixes_sizes", "VALIDATION_SUFFIX", "BASELINE"]
