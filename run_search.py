@@ -96,13 +96,15 @@ def _supervise(args: argparse.Namespace, config) -> int:
     """--workers N: check everything once here (one error line, not N), then run N workers and wait."""
     import time
 
-    from search import count_trials, make_storage, prepare, run_workers, summarize
+    from search import count_trials, make_storage, prepare, run_workers, search_study, summarize
 
     t0 = time.perf_counter()
-    make_storage(config.storage)
-    prepare(config, workers=args.workers)  # also fills the data cache every worker reads
-    before = count_trials(config.storage, config.name)
+    storage = make_storage(config.storage)
+    prep = prepare(config, workers=args.workers)  # also fills the data cache every worker reads
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    # created here, so a new study's baselines are enqueued once, not by every worker that finds it empty
+    search_study(config, prep, storage, parallel=True, log=log)
+    before = count_trials(config.storage, config.name)
     codes = run_workers(_argv(args), args.workers, log=log)
     summary = summarize(config.storage, config.name, before=before, wall_s=time.perf_counter() - t0)
     print(summary.line())
@@ -162,8 +164,9 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from search import run_validation, stored_config
+    from search import check_flags, run_validation, stored_config
 
+    check_flags(top=args.top, seeds=args.seeds)
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
     if args.workers < 1:

@@ -280,7 +280,7 @@ def _child_main() -> None:
 
 def _train_steps(mc: ModelConfig, tc: TrainConfig, device: str, *, steps: int) -> None:
     """mfha.train's step on random tokens: forward with targets, backward, clip, AdamW, zero_grad."""
-    from mfha.train import make_optimizer  # the trainer's own optimizer: param groups, fused on CUDA
+    from mfha.optim import make_optimizer  # the trainer's own optimizer: param groups, fused on CUDA
 
     torch.manual_seed(tc.seed)
     model = GPT(mc).to(device)

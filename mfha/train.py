@@ -22,6 +22,7 @@ from mfha.data import TokenizedData, load_data
 from mfha.errors import ConfigError, MFHAError, TrainingDiverged
 from mfha.memory import vm_status
 from mfha.model import GPT
+from mfha.optim import make_optimizer
 from mfha.tokenizer import Tokenizer
 
 OnEval = Callable[[int, dict], bool | None]
@@ -65,16 +66,6 @@ def learning_rate(step: int, progress: float, tc: TrainConfig) -> float:
         return tc.lr * (step + 1) / tc.warmup_steps
     floor = tc.lr * tc.min_lr_ratio
     return floor + 0.5 * (tc.lr - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    # decay matrices only: norms (1-D) keep their scale (nanoGPT, "Decoupled Weight Decay")
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=device.type == "cuda")
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -169,10 +169,11 @@ def open_run(config: StudyConfig, *, workers: int, cache_dir) -> tuple[RDBStorag
 
 def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, parallel: bool, log) -> optuna.Study:
     """The search study, created or resumed, with the study file and note stored; a new one gets its baselines."""
-    study = optuna.create_study(
-        study_name=config.name, storage=storage, sampler=prep.space.make_sampler(parallel=parallel),
-        pruner=prep.pruner, direction="minimize", load_if_exists=True,
-    )
+    with _quiet_optuna():
+        study = optuna.create_study(
+            study_name=config.name, storage=storage, sampler=prep.space.make_sampler(parallel=parallel),
+            pruner=prep.pruner, direction="minimize", load_if_exists=True,
+        )
     if study.direction != optuna.study.StudyDirection.MINIMIZE:
         raise ConfigError(f"study {config.name!r} in {mask_url(config.storage)} maximizes; pick another study.name.")
     name_objective(study)
@@ -265,10 +266,11 @@ def _started(study: optuna.Study) -> int:
 
 
 def count_trials(storage_url: str, name: str) -> int:
+    """Trials started so far (0 for a study not created yet)."""
     storage = make_storage(storage_url, heartbeat_interval=None)
     try:
-        return len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
-    except KeyError:  # not created yet
+        return _started(optuna.load_study(study_name=name, storage=storage))
+    except KeyError:
         return 0
 
 
@@ -279,7 +281,7 @@ def summarize(storage_url: str, name: str, *, before: int = 0, wall_s: float = 0
     counts = Counter(t.state.name for t in trials)
     best = _best(study)
     return RunSummary(name, mask_url(storage_url), {s.name: counts.get(s.name, 0) for s in TrialState},
-                      best.value if best else None, best.number if best else None, wall_s, len(trials) - before)
+                      best.value if best else None, best.number if best else None, wall_s, _started(study) - before)
 
 
 def _masked_raw(config: StudyConfig) -> dict:

@@ -86,14 +86,17 @@ def stored_config(storage_url: str, name: str, *, dataset: str | None = None) ->
 
 def resolve(config: StudyConfig, *, top: int | None, seeds: int | None, families: bool | None = None) -> ValidationConfig:
     """Flags over the study file's [validation] over the defaults."""
+    check_flags(top=top, seeds=seeds)
     base = config.validation or ValidationConfig()
-    top = base.top if top is None else top
-    seeds = base.seeds if seeds is None else seeds
-    if top < 1:
+    return ValidationConfig(base.top if top is None else top, base.seeds if seeds is None else seeds,
+                            base.families if families is None else families)
+
+
+def check_flags(*, top: int | None, seeds: int | None) -> None:
+    if top is not None and top < 1:
         raise ConfigError(f"--top must be a positive integer, but got {top=}.")
-    if seeds < 2:
+    if seeds is not None and seeds < 2:
         raise ConfigError(f"--seeds must be an integer >= 2 (an interval needs two seeds), but got {seeds=}.")
-    return ValidationConfig(top, seeds, base.families if families is None else families)
 
 
 class _Plan:
@@ -219,4 +222,4 @@ def _with_trial_dataset(config: StudyConfig, dataset: str | None) -> StudyConfig
     return config
 
 
-__all__ = ["run_validation", "enqueue_validation", "select_configs", "validation_seeds", "stored_config", "resolve", "validation_study", "Pick"]
+__all__ = ["run_validation", "enqueue_validation", "check_flags", "select_configs", "validation_seeds", "stored_config", "resolve", "validation_study", "Pick"]

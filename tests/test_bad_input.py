@@ -70,6 +70,8 @@ STUDY_FILE_CASES = [
      r"cannot reach the database --storage='postgresql\+psycopg://bob:\*\*\*@127\.0\.0\.1:1/db': .*"),
     ("Hub unreachable", None, ["--dataset", "roneneldan/TinyStories"],
      r"cannot reach the Hugging Face Hub for --dataset roneneldan/TinyStories; .*--dataset"),
+    ("steps beside a token budget", ("max_steps = 30", "max_steps = 30\ntokens = 4096"), [],
+     r"training\.max_steps counts steps, but training\.tokens sets a token budget \(steps follow from each trial's batch size\); use training\.tokens, or remove training\.tokens\."),
     ("worker count", None, ["--workers", "0"], r"--workers must be a positive integer, but got workers=0\."),
     ("trial count", None, ["--n-trials", "0"], r"--n-trials must be a positive integer, but got n_trials=0\."),
 ]
@@ -106,6 +108,16 @@ def test_dataset_path_missing(tiny_study, store, tmp_path):
 def test_unknown_study_name_in_show(store):
     line = one_error_line(run_search("show", "--study", "kepe", "--storage", store))
     assert line == f"error: --study 'kepe' is not in {store}; did you mean 'keep'?"
+
+
+def test_too_few_validation_seeds(store):
+    line = one_error_line(run_search("validate", "--study", "keep", "--storage", store, "--seeds", "1"))
+    assert line == "error: --seeds must be an integer >= 2 (an interval needs two seeds), but got seeds=1."
+
+
+def test_validating_a_study_that_run_did_not_make(store):
+    line = one_error_line(run_search("validate", "--study", "keep", "--storage", store))
+    assert line == "error: study 'keep' holds no study file (it was not created by run_search.py run); validate needs one."
 
 
 def test_storage_folder_not_writable(tiny_study, tmp_path):

@@ -47,3 +47,13 @@ def test_overhead_bench_quick_measures_both_parts(tinystories):
     assert len(parts["suggestion"]["suggest_s"]) == 5 and parts["suggestion"]["finished_trials"] == 200
     assert result == {"bench": "overhead", "overhead_share": parts["trial_overhead"]["overhead_share"],
                       "suggest_s_at_200": parts["suggestion"]["suggest_s_median"]}
+
+
+@pytest.mark.slow
+def test_winners_curse_bench_quick_checks_the_winner_on_unseen_seeds(tinystories):
+    lines, result = _quick("winners_curse.py")
+    assert set(result) == {"bench", "best_search_value", "best_search_validated_mean", "winner", "winner_low", "winner_high",
+                           "further_mean", "inside"}
+    assert result["winner_low"] < result["winner_high"]
+    assert result["inside"] == (result["winner_low"] <= result["further_mean"] <= result["winner_high"])
+    assert any(line.startswith("validated winner") for line in lines)
