@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Search MFHA head-size mixes, depth and width under a parameter budget with Optuna.
 
-    python run_search.py run --study studies/smoke.toml --dataset ../shared/data/tinystories
+    python run_search.py run --study studies/tinystories-0.5m.toml --dataset data/tinystories-sample
     python run_search.py dashboard
     python run_search.py show --study smoke
     python run_search.py validate --study smoke --top 3 --seeds 3
@@ -97,11 +97,13 @@ def _supervise(args: argparse.Namespace, config) -> int:
     import time
 
     from search import count_trials, make_storage, prepare, run_workers, search_study, summarize
+    from search._host import preview
 
     t0 = time.perf_counter()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log(preview(args.threads, config.threads, args.workers))  # each worker then says what it got
     storage = make_storage(config.storage)
     prep = prepare(config, workers=args.workers)  # also fills the data cache every worker reads
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     # created here, so a new study's baselines are enqueued once, not by every worker that finds it empty
     search_study(config, prep, storage, parallel=True, log=log)
     before = count_trials(config.storage, config.name)
@@ -219,6 +221,8 @@ def _export(args: argparse.Namespace) -> int:
             value = (f"validated winner: val_bpc {v.interval.text()} (95% interval, seeds {', '.join(map(str, v.seeds))}); "
                      f"its search value was {e.value:.4f}")
         print(f"exported trial {e.trial_number} ({value}) to {e.folder}")
+        if e.replaced is not None:
+            print(f"  replaced:            the earlier export of {e.replaced} in that folder")
         print(f"  full training:       {e.command}")
         print(f"  reproduce the trial: {e.check_command}")
     return 0
@@ -268,7 +272,7 @@ def _report(args: argparse.Namespace) -> int:
 # name: (what it does, example, add arguments, run)
 COMMANDS: dict[str, tuple[str, str, Callable, Callable]] = {
     "run": ("run or resume a study from a study file",
-            "python run_search.py run --study studies/smoke.toml --dataset ../shared/data/tinystories", _add_run, _run),
+            "python run_search.py run --study studies/tinystories-0.5m.toml --dataset data/tinystories-sample", _add_run, _run),
     "validate": ("retrain the best configurations with fresh seeds; rank them by mean val_bpc with a 95%% interval",
                  "python run_search.py validate --study smoke --top 3 --seeds 3", _add_validate, _validate),
     "dashboard": ("serve optuna-dashboard (trials, curves, artifacts) for a storage",

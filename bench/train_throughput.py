@@ -22,6 +22,7 @@ from mfha.data import load_data  # noqa: E402
 from mfha.train import train  # noqa: E402
 
 DATASET = str(Path(__file__).resolve().parents[2] / "shared/data/tinystories")
+WARMUP = 10  # steps left out of both timings (first-call allocations, thread pool start)
 
 
 def reference_tokens_per_s(model_config: ModelConfig, tc: TrainConfig, data, steps: int) -> float:
@@ -29,9 +30,8 @@ def reference_tokens_per_s(model_config: ModelConfig, tc: TrainConfig, data, ste
     model = GPT(model_config)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
-    warmup = 10
-    for i in range(steps + warmup):
-        if i == warmup:
+    for i in range(steps + WARMUP):
+        if i == WARMUP:
             t0 = time.perf_counter()
         x, y = data.batch(tc.batch_size, tc.seq_len, gen)
         _, loss = model(x, y)
@@ -42,9 +42,14 @@ def reference_tokens_per_s(model_config: ModelConfig, tc: TrainConfig, data, ste
 
 
 def trainer_tokens_per_s(model_config: ModelConfig, tc: TrainConfig, data, steps: int) -> float:
-    # first window includes the same warm-up steps the reference skips; report the second window
-    result = train(model_config, TrainConfig.from_dict({**tc.to_dict(), "max_steps": 10 + steps, "eval_interval": 10}), data=data)
-    return result.history[-1]["tokens_per_s"]
+    """Over the same `steps` steps the reference times: every evaluation window after the first, whose
+    10 steps are the warm-up the reference leaves out too. A window's tokens/s counts training time
+    only (the trainer stops its clock for evaluation), so the windows' times add up to the steps'."""
+    result = train(model_config, TrainConfig.from_dict({**tc.to_dict(), "max_steps": WARMUP + steps, "eval_interval": WARMUP}), data=data)
+    timed = result.history[1:]
+    tokens = [(m["step"] - before["step"]) * tc.batch_size * tc.seq_len for before, m in zip(result.history, timed)]
+    assert sum(tokens) == steps * tc.batch_size * tc.seq_len, (len(result.history), steps)
+    return sum(tokens) / sum(n / m["tokens_per_s"] for n, m in zip(tokens, timed))
 
 
 def main() -> int:

@@ -3,7 +3,8 @@
 `load_data(train_config)` returns a `TokenizedData`: the tokenizer and the train and validation
 splits as token streams (stories joined by `<eos>`). The tokenizer and both streams are cached on
 disk per (dataset, slice, text column, tokenizer size), so every later trial or run with the same
-data starts in milliseconds without importing `datasets`.
+data starts in milliseconds without importing `datasets`. A Hub dataset whose splits are both bounded in
+stories is streamed: only those rows are downloaded, and they are cached too.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,14 +30,18 @@ from mfha.errors import DataError
 from mfha.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
+    from datasets import Dataset, DatasetDict, IterableDataset
 
-CACHE_VERSION = 1  # bump when the cached files change meaning
+CACHE_VERSION = 2  # bump when the cached files change meaning (2: nibble byte fallback, mfha.tokenizer)
 BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet", ".csv": "csv"}
 SPLITS = ("train", "validation")
+ROWS_VERSION = 1  # of the streamed rows kept under $MFHA_CACHE/rows (text only: tokenizer changes leave them valid)
 HUB_TIMEOUT_S = 5.0
-OFFLINE_EXAMPLE = "../shared/data/tinystories"
+OFFLINE_EXAMPLE = "data/tinystories-sample"
 MAP_BATCH = 1000
+# tokenizing fewer stories takes under a second or two, where a progress bar is only noise
+PROGRESS_MIN_STORIES = 10_000
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_cache_dir() -> Path:
@@ -91,7 +97,7 @@ class TokenizedData:
 
 
 def load_data(train_config: TrainConfig, *, cache_dir: str | Path | None = None,
-              tokenizer: Tokenizer | None = None) -> TokenizedData:
+              tokenizer: Tokenizer | None = None, streaming: bool | None = None) -> TokenizedData:
     """Tokenizer and token streams for `train_config`'s dataset and slice, from the cache when possible.
 
     Slices: the first `max_train_stories` train stories, with the stream cut at `max_train_tokens`
@@ -99,6 +105,9 @@ def load_data(train_config: TrainConfig, *, cache_dir: str | Path | None = None,
     only; under `max_train_tokens` alone, on the first stories holding that many characters (every
     character is at most one token, so they cover at least the stream at character level).
     Pass `tokenizer` (e.g. a finished run's) to tokenize with it instead of training one.
+    `streaming`: read just the slice's rows through `datasets` streaming and cache them; None (the
+    default) streams a Hub dataset when both splits are bounded in stories, True forces it (on a local
+    folder too, which is how the streaming path is tested offline), False never streams.
     """
     cfg = train_config
     source = _Source.resolve(cfg.dataset)
@@ -113,19 +122,23 @@ def load_data(train_config: TrainConfig, *, cache_dir: str | Path | None = None,
         "tokenizer": None if tokenizer is None else hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest(),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    folder = folder / "data" / f"{source.slug}-{digest}"
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    folder = root / "data" / f"{source.slug}-{digest}"
     if folder.is_dir():
         return _read_cache(folder)
 
-    splits = source.load()
+    bounds = {"train": cfg.max_train_stories, "validation": cfg.max_val_stories}
+    if streaming is None:
+        streaming = source.path is None and None not in bounds.values()
+    with _quiet_datasets():
+        splits = source.load_slice(bounds, root / "rows") if streaming else source.load()
     train_ds, val_ds = _check_splits(splits, cfg, source.name)
-    tokenizer, train, val = _tokenize_splits(train_ds, val_ds, cfg, fingerprint=digest, tokenizer=tokenizer)
+    tokenizer, train, val = _tokenize_splits(train_ds, val_ds, cfg, tokenizer=tokenizer)
     _write_cache(folder, key, tokenizer, train, val)
     return TokenizedData(tokenizer, train, val, cache_path=folder, cached=False)
 
 
-def _tokenize_splits(train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *, fingerprint: str,
+def _tokenize_splits(train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *,
                      tokenizer: Tokenizer | None) -> tuple[Tokenizer, np.ndarray, np.ndarray]:
     col = cfg.text_column
     if cfg.max_train_stories is not None:
@@ -141,13 +154,12 @@ def _tokenize_splits(train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *, fi
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
 
     if cfg.max_train_tokens is None:
-        train = _token_stream(train_ds, col, tokenizer, dtype, f"{fingerprint}-train", "tokenizing train")
+        train = _token_stream(train_ds, col, tokenizer, dtype, "tokenizing train")
     else:
         target = int(cfg.max_train_tokens)
         parts, got, start, stop = [], 0, 0, n_fit
         while True:
-            part = _token_stream(train_ds.select(range(start, stop)), col, tokenizer, dtype,
-                                 f"{fingerprint}-train-{start}", "tokenizing train")
+            part = _token_stream(train_ds.select(range(start, stop)), col, tokenizer, dtype, "tokenizing train")
             parts.append(part)
             got += len(part)
             if got >= target or stop >= len(train_ds):
@@ -156,7 +168,7 @@ def _tokenize_splits(train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *, fi
             per_row = got / stop
             start, stop = stop, min(len(train_ds), stop + math.ceil((target - got) / per_row * 1.1) + 16)
         train = np.concatenate(parts)[:target]
-    val = _token_stream(val_ds, col, tokenizer, dtype, f"{fingerprint}-val", "tokenizing validation")
+    val = _token_stream(val_ds, col, tokenizer, dtype, "tokenizing validation")
     if len(train) == 0 or len(val) == 0:
         empty = "train" if len(train) == 0 else "validation"
         raise DataError(f"the {empty} slice of --dataset {cfg.dataset!r} holds no text; check --text-column and the slice bounds.")
@@ -178,23 +190,23 @@ def _rows_holding(ds: Dataset, col: str, n_chars: int) -> int:
     return len(ds)
 
 
-def _token_stream(ds: Dataset, col: str, tokenizer: Tokenizer, dtype, fingerprint: str, desc: str) -> np.ndarray:
-    """Every row's tokens followed by `<eos>`, as one stream."""
-    import pyarrow as pa
+def _token_stream(ds: Dataset, col: str, tokenizer: Tokenizer, dtype, desc: str) -> np.ndarray:
+    """Every row's tokens followed by `<eos>`, as one stream.
+
+    A plain loop rather than `Dataset.map`: the streams are cached by us as .npy, so map's arrow copy
+    would be waste, and its bar would show for a smoke study's 400 stories too; ours shows only for
+    slices of PROGRESS_MIN_STORIES and more, which take long enough to wonder about.
+    """
+    from tqdm import tqdm
 
     eos = tokenizer.eos_id
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        return {"ids": [np.array([*ids, eos], dtype=dtype) for ids in tokenizer.encode_batch([t or "" for t in batch[col]])]}
-
-    # in memory: the streams are cached by us as .npy, an arrow copy in the datasets cache would be waste
-    out = ds.map(encode, batched=True, batch_size=MAP_BATCH, remove_columns=ds.column_names,
-                 keep_in_memory=True, new_fingerprint=fingerprint, desc=desc)
-    column = out.data.column("ids")
-    if column.num_chunks == 0:
-        return np.zeros(0, dtype=dtype)
-    flat = pa.concat_arrays([chunk.flatten() for chunk in column.chunks])
-    return flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    parts = []
+    with tqdm(total=len(ds), desc=desc, unit="story", disable=len(ds) < PROGRESS_MIN_STORIES) as bar:
+        for batch in ds.iter(batch_size=MAP_BATCH):
+            texts = [t or "" for t in batch[col]]
+            parts += [np.array([*ids, eos], dtype=dtype) for ids in tokenizer.encode_batch(texts)]
+            bar.update(len(texts))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def _check_splits(splits: DatasetDict, cfg: TrainConfig, name: str) -> tuple[Dataset, Dataset]:
@@ -227,6 +239,11 @@ class _Source:
     @classmethod
     def resolve(cls, name: str) -> _Source:
         path = Path(name).expanduser()
+        if not path.exists() and not path.is_absolute():
+            # a study file's relative path (data/tinystories-sample) names the repository's folder when
+            # the command runs from elsewhere (python /path/to/run_search.py run)
+            in_repo = REPO_ROOT / path
+            path = in_repo if in_repo.exists() else path
         if path.exists():
             return cls(name, path.resolve())
         if _looks_like_path(name):
@@ -253,43 +270,111 @@ class _Source:
         stats = [[str(p.relative_to(self.path) if p != self.path else p.name), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
         return {"path": str(self.path), "files": stats}
 
-    def load(self) -> DatasetDict:
+    def load(self, *, streaming: bool = False) -> DatasetDict:
+        """Every split; with `streaming`, as IterableDatasets that read rows only when iterated."""
         import datasets
 
         if self.path is None:
-            return self._load_hub()
-        if self.path.is_file():
+            self._check_hub()
+            args, kwargs = (self.name,), {}
+        elif self.path.is_file():
             builder = BUILDERS.get(self.path.suffix.lower())
             if builder is None:
                 raise DataError(f"--dataset file {self.name!r} must end in one of {', '.join(BUILDERS)}, but got {self.path.suffix!r}.")
             args, kwargs = (builder,), {"data_files": {"train": str(self.path)}}
         else:
             args, kwargs = (str(self.path),), {}
-        try:
-            return datasets.load_dataset(*args, **kwargs)
-        except FileNotFoundError as e:  # also datasets' "no data files" errors, which derive from it
-            raise DataError(f"--dataset {self.name!r} holds no data files that datasets can read ({', '.join(BUILDERS)}): {_first_line(e)}") from e
-        except datasets.exceptions.DatasetGenerationError as e:
-            raise DataError(f"--dataset {self.name!r} could not be read: {_first_line(e.__cause__ or e)}") from e
+        with self._read_errors():
+            return datasets.load_dataset(*args, streaming=streaming, **kwargs)
 
-    def _load_hub(self) -> DatasetDict:
+    def load_slice(self, bounds: dict[str, int | None], rows_root: Path) -> dict[str, Dataset]:
+        """The first `bounds[split]` rows of each split (all of it for None), streamed, then kept under
+        `rows_root`: a later load of the same slice (another tokenizer size, an evaluation with a run's
+        tokenizer) reads them from disk instead of the network."""
         import datasets
 
-        unreachable = (f"cannot reach the Hugging Face Hub for --dataset {self.name}; "
-                       f"pass a local copy, e.g. --dataset {OFFLINE_EXAMPLE}")
+        key = json.dumps({"version": ROWS_VERSION, "dataset": self.identity(), "bounds": bounds}, sort_keys=True)
+        folder = rows_root / f"{self.slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        if folder.is_dir():
+            return {split: datasets.load_from_disk(str(folder / split)) for split in SPLITS}
+        streams = self.load(streaming=True)
+        if any(split not in streams for split in SPLITS):
+            return streams  # _check_splits names the splits there are
+        rows = {split: self._take(streams[split], bounds[split]) for split in SPLITS}
+        _write_rows(folder, rows)
+        return rows
+
+    def _take(self, stream: IterableDataset, n: int | None) -> Dataset:
+        import datasets
+
+        with self._read_errors():
+            got = list(stream if n is None else stream.take(int(n)))
+        # a stream may not know its features (a local JSON file); then they are inferred from the rows
+        return datasets.Dataset.from_list(got, features=stream.features)
+
+    def _check_hub(self) -> None:
+        import datasets
+
         if _env_offline() or datasets.config.HF_HUB_OFFLINE:
             if not datasets.config.HF_HUB_OFFLINE:
                 # the flag was set after `datasets` read it at import, so `datasets` would still go online
-                raise DataError(unreachable)
+                raise DataError(self._unreachable())
         elif not _hub_reachable():
-            raise DataError(unreachable)
+            raise DataError(self._unreachable())
+
+    def _unreachable(self) -> str:
+        return f"cannot reach the Hugging Face Hub for --dataset {self.name}; pass a local copy, e.g. --dataset {OFFLINE_EXAMPLE}"
+
+    @contextmanager
+    def _read_errors(self) -> Iterator[None]:
+        """datasets' errors as one line, alike while opening a dataset and while streaming its rows."""
+        import datasets
+
         try:
-            return datasets.load_dataset(self.name)
-        except datasets.exceptions.DatasetNotFoundError as e:
-            raise DataError(f"--dataset {self.name!r} is neither a local path nor a dataset on the Hugging Face Hub.") from e
+            yield
+        except FileNotFoundError as e:  # also datasets' "no data files" and "not found" errors, which derive from it
+            if self.path is not None:
+                raise DataError(f"--dataset {self.name!r} holds no data files that datasets can read ({', '.join(BUILDERS)}): {_first_line(e)}") from e
+            if isinstance(e, datasets.exceptions.DatasetNotFoundError):
+                raise DataError(f"--dataset {self.name!r} is neither a local path nor a dataset on the Hugging Face Hub.") from e
+            raise
+        except datasets.exceptions.DatasetGenerationError as e:
+            raise DataError(f"--dataset {self.name!r} could not be read: {_first_line(e.__cause__ or e)}") from e
         except ConnectionError as e:
-            # offline with no copy in the datasets cache, or the connection dropped midway
-            raise DataError(unreachable) from e
+            if self.path is not None:
+                raise
+            # offline with no copy in the datasets cache, or the connection dropped midway (datasets
+            # turns a stream's repeated disconnects into a ConnectionError too)
+            raise DataError(self._unreachable()) from e
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Silence what `datasets` and `huggingface_hub` print while a dataset is read, then restore it.
+
+    Their warnings ("Repo card metadata block was not found...", for any folder whose README.md has no
+    YAML header) and datasets' "Generating train split" bars (a second for the whole sample) tell a
+    user nothing they can act on, and came before the run's own first line. huggingface_hub's download
+    bars stay: a first full Hub load takes minutes, and that bar is its only sign of progress.
+    """
+    import datasets
+    from huggingface_hub.utils import logging as hub_logging
+
+    levels = datasets.logging.get_verbosity(), hub_logging.get_verbosity()
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    # HF_DATASETS_DISABLE_PROGRESS_BARS=0 is a user's explicit wish for the bars; datasets would warn
+    quiet_bars = bars_were_on and datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is None
+    datasets.logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
+    if quiet_bars:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(levels[0])
+        hub_logging.set_verbosity(levels[1])
+        if quiet_bars:
+            datasets.enable_progress_bars()
 
 
 def _looks_like_path(name: str) -> bool:
@@ -330,14 +415,29 @@ def _read_cache(folder: Path) -> TokenizedData:
 
 
 def _write_cache(folder: Path, key: dict, tokenizer: Tokenizer, train: np.ndarray, val: np.ndarray) -> None:
-    """Fill a temporary folder, then rename it into place: readers see all files or none."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    def fill(tmp: Path) -> None:
         tokenizer.save(tmp / "tokenizer.json")
         np.save(tmp / "train.npy", train)
         np.save(tmp / "val.npy", val)
         (tmp / "key.json").write_text(json.dumps(key, indent=2) + "\n")
+
+    _publish(folder, fill)
+
+
+def _write_rows(folder: Path, rows: dict[str, Dataset]) -> None:
+    def fill(tmp: Path) -> None:
+        for split, ds in rows.items():
+            ds.save_to_disk(str(tmp / split))
+
+    _publish(folder, fill)
+
+
+def _publish(folder: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a temporary folder, then rename it into place: readers see all files or none."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        fill(tmp)
         try:
             os.rename(tmp, folder)
         except OSError:

@@ -1,6 +1,6 @@
 """Compare trained runs: validation loss, bits per character, perplexity, top-k teacher-forcing accuracy.
 
-    python -m mfha.evaluate runs/a runs/b --plot loss_curves.png
+    python -m mfha.evaluate runs/a runs/b     # the loss curves go to runs/a/loss_curves.png
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from mfha.errors import ConfigError, MFHAError
 
 TOP_KS = (1, 5, 10)
+PLOT_NAME = "loss_curves.png"
 
 
 @torch.no_grad()
@@ -69,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m mfha.evaluate",
         description="Evaluate and compare run folders; prints a table and writes a loss-curve PNG.",
-        epilog="example: python -m mfha.evaluate runs/a runs/b --plot loss_curves.png",
+        epilog="example: python -m mfha.evaluate runs/a runs/b    (loss curves in runs/a/loss_curves.png unless --plot FILE)",
     )
     p.add_argument("runs", nargs="+", help="run folders written by python -m mfha.train")
     p.add_argument("--dataset", help="evaluate on this dataset instead of each run's own")
     p.add_argument("--windows", type=int, help="number of validation windows (default: the run's eval_windows)")
-    p.add_argument("--plot", default="loss_curves.png", help="where to write the loss-curve PNG")
+    # beside the runs it plots, not in the current folder, where it would litter a checkout
+    p.add_argument("--plot", help=f"where to write the loss-curve PNG (default: {PLOT_NAME} in the first run folder)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     args = p.parse_args(argv)
     try:
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         import pandas as pd
 
         rows = [evaluate_run(r, dataset=args.dataset, windows=args.windows, device=args.device) for r in args.runs]
-        plot = plot_loss_curves(args.runs, args.plot)
+        plot = plot_loss_curves(args.runs, args.plot or Path(args.runs[0]) / PLOT_NAME)
     except MFHAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -31,11 +31,17 @@ INDEX = 8  # int64 token ids
 
 # glibc serves requests of 32 MiB and more with mmap and unmaps them on free, so those stay exact;
 # smaller tensors come from its heap once the dynamic mmap threshold has risen, and the holes that
-# freed ones leave stay resident. HEAP_SLACK was fitted with bench/memory.py on torch 2.13 CPU
-# (glibc, 2 threads): its 14 configs then land within -1%..+6% of the measured peak, and random
-# held-out configs within -4%..+7%.
+# freed ones leave stay resident. HEAP_SLACK, for the tensors kept all run (weights, RoPE tables,
+# AdamW state), was fitted with bench/memory.py on torch 2.13 CPU (glibc, 2 threads). STEP_SLACK is
+# for the tensors made and freed every step (activations, grads, temporaries): the trainer's
+# `_, loss = ...` keeps a step's logits until the next forward returns, so that forward cannot refill
+# the holes in order (dropping them at the end of the step instead made a batch-64 0.5M-parameter
+# trial peak 78 MiB lower). Fitted on bench/memory.py's 16 fresh-process configs (8 steps) for the
+# widest margin to -5%..+10%, which left them within -2.5%..+5.0%; checked, not fitted, on real
+# trial processes (bench/memory.py --trials).
 MMAP_MAX = 32 * 2**20
 HEAP_SLACK = 1.25
+STEP_SLACK = 1.36
 
 
 def estimate_training_peak(
@@ -45,7 +51,9 @@ def estimate_training_peak(
     """Forecast of the peak memory of training `model_config` with `train_config`, in bytes.
 
     CPU: peak RSS of the whole process, the framework baseline (torch + mfha imported, tiny AdamW
-    steps taken) included; pass `baseline_bytes` to skip measuring it once in a subprocess.
+    steps taken) included; pass `baseline_bytes` to skip measuring it once in a fresh subprocess, or
+    where the training process is not a fresh one: a process forked from one that has torch loaded
+    counts only the pages it touches itself (the search passes its trial processes' own baseline).
     CUDA: peak of `torch.cuda.max_memory_allocated` with bf16 autocast.
     Eager mode; the trainer's token streams and a torch.compile cache are not counted.
     """
@@ -72,10 +80,13 @@ def forecast_parts(
     if kind == "cpu":
         acts = _activations_cpu(mc, B, T)
         # backward opens with the cross-entropy chain, d(nll) and d(log_softmax), both (N, V) fp32;
-        # a block's backward later holds a few (N, H)-sized grads at once, after those are freed
+        # a block's backward later holds a few grads at once, after those are freed: a few (N, H) in
+        # the MLP; in attention the grads of q, k and v and the one of the fused qkv output they are
+        # joined into, 2 x (N, qw + 2 kvw), which is the larger where the heads are wider than the MLP
         loss_grads = [(N * V * FP32, 2)]
-        block_grads = [(N * H * FP32, 5), (N * C * FP32, 2)]
-        backward_transient = max(loss_grads, block_grads, key=_total)
+        mlp_grads = [(N * H * FP32, 5), (N * C * FP32, 2)]
+        attn_grads = [[(N * (qw + 2 * kvw) * FP32, 2), (N * C * FP32, 2)] for qw, kvw, _, _ in _all_widths(mc)]
+        backward_transient = max([loss_grads, mlp_grads, *attn_grads], key=_total)
         # single-tensor AdamW (the CPU default) makes two temporaries the size of one parameter; the
         # caller still holds the step's logits
         step_transient = [(largest, 2), (N * V * FP32, 1)]
@@ -90,12 +101,12 @@ def forecast_parts(
         # mfha.train asks for fused AdamW on CUDA, which updates in place; the caller holds the logits
         step_transient = [(N * V * BF16, 1)]
         baseline = 0
-        resident = _total
+        resident = _resident_cuda
     # Backward frees activations while it fills the grads, so the model's peak is at one of the ends:
     # the start of a backward (weights, AdamW state, every saved activation, the loss grads) or the
     # optimizer step (weights, grads, AdamW state, the step's temporaries).
-    start_of_backward = resident(weights + adam + acts + backward_transient)
-    optimizer_step = resident(weights + grads + adam + step_transient)
+    start_of_backward = resident(weights + adam, acts + backward_transient)
+    optimizer_step = resident(weights + adam, grads + step_transient)
     return {
         "baseline": baseline, "weights": _total(weights), "grads": _total(grads), "optimizer": _total(adam),
         "activations": _total(acts), "transient": max(_total(backward_transient), _total(step_transient)),
@@ -107,8 +118,16 @@ def _total(tensors: Tensors) -> int:
     return sum(n * k for n, k in tensors)
 
 
-def _resident_cpu(tensors: Tensors) -> int:
-    return int(sum(n * k * (1 if n >= MMAP_MAX else HEAP_SLACK) for n, k in tensors))
+def _resident_cpu(kept: Tensors, per_step: Tensors) -> int:
+    return int(_heap(kept, HEAP_SLACK) + _heap(per_step, STEP_SLACK))
+
+
+def _heap(tensors: Tensors, slack: float) -> float:
+    return sum(n * k * (1 if n >= MMAP_MAX else slack) for n, k in tensors)
+
+
+def _resident_cuda(kept: Tensors, per_step: Tensors) -> int:
+    return _total(kept + per_step)  # max_memory_allocated counts tensor bytes, exactly
 
 
 def _layer_widths(mc: ModelConfig, spec) -> tuple[int, int, int, int]:
@@ -131,9 +150,13 @@ def _param_tensors(mc: ModelConfig, *, norms: bool = True) -> Tensors:
     return out
 
 
+def _all_widths(mc: ModelConfig) -> list[tuple[int, int, int, int]]:
+    return [_layer_widths(mc, spec) for spec in mc.layer_heads]
+
+
 def _rope_tensors(mc: ModelConfig) -> Tensors:
     # one (max_seq_len, (qw + kvw) / 2, 2) fp32 table of cos, sin per layer
-    return [(mc.max_seq_len * (qw + kvw) * FP32, 1) for qw, kvw, _, _ in (_layer_widths(mc, s) for s in mc.layer_heads)]
+    return [(mc.max_seq_len * (qw + kvw) * FP32, 1) for qw, kvw, _, _ in _all_widths(mc)]
 
 
 def _activations_cpu(mc: ModelConfig, B: int, T: int) -> Tensors:
@@ -290,13 +313,13 @@ def _train_steps(mc: ModelConfig, tc: TrainConfig, device: str, *, steps: int) -
         y = torch.randint(0, mc.vocab_size, (tc.batch_size, tc.seq_len), device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             # bound like the trainer's `_, loss = ...`: the logits live on through the optimizer step
+            # and the next step's forward, until the name is bound again
             logits, loss = model(x, y)
         loss.backward()
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        del logits, loss
 
 
 def vm_status(field: str) -> int | None:

@@ -10,6 +10,7 @@ Messages to the parent:
 """
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import time
 import traceback
@@ -23,12 +24,64 @@ from mfha.config import ModelConfig, TrainConfig
 from mfha.data import load_data
 from mfha.errors import MFHAError, TrainingDiverged
 from mfha.heads import uniform
+from mfha.memory import vm_status
 from mfha.train import train
 
 
 def serve(conn: Connection, common: dict[str, Any]) -> None:
     """Load the data of every `common["preload"]` train config, then run the one request that comes (None: exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loaded = _get_ready(common)
+    try:
+        request = conn.recv()
+    except EOFError:  # the study process went away
+        return
+    if request is None:
+        return
+    run_trial(conn, {**common, **request}, loaded=loaded)
+
+
+def trial_baseline_bytes(common: dict[str, Any]) -> int:
+    """RSS of a trial process at the moment its trial starts: forked from the forkserver, its data
+    mapped, warmed up. The CPU memory forecast's baseline for trials; start the forkserver first
+    (search._objective.start_forkserver), as a trial's process is started from that one.
+
+    A fresh process's figure (mfha.memory.framework_baseline_bytes) does not hold here: a forked
+    process counts only the library pages it touches itself, and the forkserver's own imports (the
+    main script's among them) are in it. `bench/memory.py --trials` prints both (261 vs 310 MiB).
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    parent_conn, child_conn = ctx.Pipe()
+    proc = ctx.Process(target=_report_baseline, args=(child_conn, common), daemon=True, name="mfha-baseline")
+    proc.start()
+    child_conn.close()
+    with parent_conn:
+        try:
+            return parent_conn.recv()
+        except EOFError:
+            proc.join()
+            # its traceback is on stderr above; every trial process would meet the same
+            raise MFHAError(f"the trial process that measures the memory baseline exited with code {proc.exitcode} "
+                            "before reporting its RSS; see its error above.") from None
+        finally:
+            proc.join()
+
+
+def _report_baseline(conn: Connection, common: dict[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _get_ready(common)
+    rss = vm_status("VmRSS")
+    if rss is None:  # no /proc (not Linux)
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+    conn.send(rss)
+    conn.close()
+
+
+def _get_ready(common: dict[str, Any]) -> dict:
+    """What a trial process does before its request: map the data of every `common["preload"]` train
+    config and warm up on the first; the data loaded, by `_data_key`."""
     torch.set_num_threads(common["threads"])
     loaded, first = {}, None
     for tc in common.get("preload", []):
@@ -40,14 +93,7 @@ def serve(conn: Connection, common: dict[str, Any]) -> None:
         first = first or cfg
     if first is not None:
         _warm_up(loaded[_data_key(first)], first)
-
-    try:
-        request = conn.recv()
-    except EOFError:  # the study process went away
-        return
-    if request is None:
-        return
-    run_trial(conn, {**common, **request}, loaded=loaded)
+    return loaded
 
 
 def run_trial(conn: Connection, request: dict[str, Any], *, loaded: dict | None = None) -> None:
@@ -129,4 +175,4 @@ def _tail(e: BaseException) -> str:
     return "".join(lines[-3:]).strip()
 
 
-__all__ = ["run_trial", "serve"]
+__all__ = ["run_trial", "serve", "trial_baseline_bytes"]

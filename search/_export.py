@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from pathlib import Path
 
@@ -17,6 +17,9 @@ from search._storage import make_storage, mask_url
 
 # [full_training] keys that do not change what `max_steps` steps of training compute
 NEUTRAL_FOR_CHECK = ("max_steps", "eval_interval", "eval_tokens")
+# what an export writes, all of it every time: a folder holding these alone, trial.json among them, is
+# an earlier export that a new one replaces whole
+EXPORT_FILES = ("model_config.json", "train_config.json", "trial_train_config.json", "tokenizer_settings.json", "trial.json")
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Exported:
     command: str  # full training, as the study file's [full_training] says
     check_command: str  # the trial's own training, to reproduce its val_bpc first
     evidence: Validated | None = None  # its validation over fresh seeds, when it was the basis of the pick
+    replaced: str | None = None  # the earlier export this one overwrote, e.g. "trial 3 of study 'smoke'"
 
 
 def open_study(storage_url: str, name: str) -> optuna.Study:
@@ -60,19 +64,49 @@ def export_trials(storage_url: str, name: str, out: str | Path, *, trial: int | 
             raise ConfigError(f"--trial {trial} is not in study {name!r}, which has trials 0..{len(study.trials) - 1}.")
         if "model_config" not in found[0].user_attrs:
             raise ConfigError(f"--trial {trial} never got a configuration (state {found[0].state.name}, {found[0].user_attrs.get('prune_reason', 'no reason')}); pick another trial.")
-        picks = [(out, found[0])]
-    else:
-        # validated means over fresh seeds beat one lucky search value: they pick when they exist
-        evidence = _validated(study)
-        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-        best = [by_number[v.source_trial] for v in evidence] if evidence else ranked(study)
-        if not best:
-            raise ConfigError(f"study {name!r} has no COMPLETE trial to export yet; run it longer or pass --trial N.")
-        ranks = best[:1] if top is None else best[:top]
-        folders = [out] if top is None else [out / f"rank{i + 1}-trial{t.number}" for i, t in enumerate(ranks)]
-        return [_export_one(study, t, folder, Path(runs), evidence[i] if evidence else None)
-                for i, (folder, t) in enumerate(zip(folders, ranks))]
-    return [_export_one(study, t, folder, Path(runs), None) for folder, t in picks]
+        return _export_all(study, [(out, found[0], None)], Path(runs))
+    # validated means over fresh seeds beat one lucky search value: they pick when they exist
+    evidence = _validated(study)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    best = [by_number[v.source_trial] for v in evidence] if evidence else ranked(study)
+    if not best:
+        raise ConfigError(f"study {name!r} has no COMPLETE trial to export yet; run it longer or pass --trial N.")
+    ranks = best[:1] if top is None else best[:top]
+    folders = [out] if top is None else [out / f"rank{i + 1}-trial{t.number}" for i, t in enumerate(ranks)]
+    return _export_all(study, [(folder, t, evidence[i] if evidence else None) for i, (folder, t) in enumerate(zip(folders, ranks))],
+                       Path(runs))
+
+
+def _export_all(study: optuna.Study, picks: list[tuple[Path, FrozenTrial, Validated | None]], runs: Path) -> list[Exported]:
+    # every folder is checked before any is written, so a refused one leaves nothing half-exported
+    replaced = [_earlier_export(folder) for folder, _, _ in picks]
+    return [replace(_export_one(study, t, folder, runs, evidence), replaced=before)
+            for (folder, t, evidence), before in zip(picks, replaced)]
+
+
+def _earlier_export(folder: Path) -> str | None:
+    """None for a new or empty folder, "trial N of study 'S'" for an earlier export; anything else is
+    refused, so an export never lands among a user's own files."""
+    if not folder.is_dir():
+        return None  # new (a file in the way fails in mkdir, with its own message)
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return None
+    record = _trial_record(folder / "trial.json")
+    if record is None or not set(entries) <= set(EXPORT_FILES):
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise ConfigError(f"--out must be a new or empty folder or an earlier export (one with its trial.json), but got "
+                          f"--out {str(folder)!r}, which holds {shown}; pass --out with another folder.")
+    return f"trial {record['number']} of study {record['study']!r}"
+
+
+def _trial_record(path: Path) -> dict | None:
+    """An earlier export's trial.json, or None when the file is missing or is not one."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and {"study", "number"} <= set(record) else None
 
 
 def _in_steps(full_overrides: dict, tc: TrainConfig) -> dict:

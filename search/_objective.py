@@ -106,6 +106,8 @@ class Objective:
         # Optuna's median and percentile pruners never prune before n_warmup_steps
         self.no_prune_before = p.warmup_steps if p.pruner in ("median", "percentile") else 0
         self.extra_attrs: dict[str, Any] = {}  # written on every trial with its own attrs
+        # raises a pending Ctrl-C / SIGTERM where no storage write is under way (set by the runner)
+        self.check_interrupt: Callable[[], None] = lambda: None
         self._exiting: list[multiprocessing.process.BaseProcess] = []
         self._spare: tuple[multiprocessing.process.BaseProcess, Any] | None = None
         self._spare_job: tuple[threading.Thread, dict] | None = None
@@ -159,7 +161,8 @@ class Objective:
     def _train_in_child(self, trial: optuna.Trial, cand: Candidate, attrs: dict[str, Any]) -> float:
         mc, tc = cand.model_config, cand.train_config
         s = self.settings
-        request = {"model_config": mc.to_dict(), "train_config": tc.to_dict()}
+        # threads per trial: the process was started ahead, and the run's share of the cores may have changed since
+        request = {"model_config": mc.to_dict(), "train_config": tc.to_dict(), "threads": s.threads}
         if self.progress is not None:
             self.progress.trial_started(trial.number, tc.max_steps, f"{cand.attrs['heads']} ({cand.attrs['n_params']:,} params)")
         self._reap()
@@ -183,6 +186,7 @@ class Objective:
             _set_attrs(trial, **attrs, allocated=True)
             self._upload(trial, lambda folder: write_config_files(folder, mc, tc))
             while True:
+                self.check_interrupt()
                 ready = parent_conn.poll(s.watch_interval_s)
                 rss = _rss(watcher)
                 peak_rss = max(peak_rss, rss)

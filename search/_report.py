@@ -326,7 +326,11 @@ def _importances(study: optuna.Study) -> dict[str, Any]:
     if n < MIN_TRIALS_FOR_IMPORTANCE:
         return {"method": method, "params": {}, "note": f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} "
                 f"COMPLETE trials, and this study has {n}; run more trials."}
-    params = optuna.importance.get_param_importances(study, evaluator=_importance_evaluator())
+    with warnings.catch_warnings():
+        # PED-ANOVA warns per conditional param with few trials in a regime (a family's own params);
+        # the report states the trial count instead of printing third-party lines on the terminal
+        warnings.simplefilter("ignore", UserWarning)
+        params = optuna.importance.get_param_importances(study, evaluator=_importance_evaluator())
     if not params:
         return {"method": method, "params": {}, "note": "No parameter varied across the COMPLETE trials, so none has an importance."}
     return {"method": method, "params": dict(params), "note": None}
@@ -407,6 +411,7 @@ def _optuna_png(draw: Callable) -> bytes:
     # Optuna's plots set the ggplot style globally; rc_context puts the caller's style back
     with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # PED-ANOVA's few-trials-per-regime lines, as in _importances
         fig = draw().figure
         fig.set_size_inches(8, 4.5)
         try:

@@ -26,6 +26,7 @@ from optuna.storages import RDBStorage
 
 from search._dashboard import artifact_store, save_study_note, study_note
 from search._evidence import BASELINE
+from search._host import CoreShare, share_cores
 from search._objective import Objective, TrialFailed, TrialSettings
 from search._pruners import MemoryAwarePruner, fmt_bytes, make_loss_pruner
 from search._space import MAX_WASTED_SHARE, SearchSpace
@@ -82,7 +83,7 @@ class Prepared:
 def prepare(config: StudyConfig, *, workers: int = 1, cache_dir: str | Path | None = None) -> Prepared:
     """Everything a run needs before its first trial; each user mistake is one ConfigError line."""
     from mfha.data import default_cache_dir, load_data
-    from mfha.memory import estimate_training_peak, framework_baseline_bytes
+    from mfha.memory import estimate_training_peak
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     vocab_sizes = {}
@@ -107,7 +108,7 @@ def prepare(config: StudyConfig, *, workers: int = 1, cache_dir: str | Path | No
     p = config.pruning
     ram_limit = _resolve_ram_limit(p.ram_limit, p.ram_auto_share, workers)
     gpu_limit = _resolve_gpu_limit(p.gpu_memory_limit, p.ram_auto_share, workers) if device == "cuda" else None
-    baseline = framework_baseline_bytes() if device == "cpu" else None
+    baseline = _trial_baseline(config, cache, workers) if device == "cpu" else None
     memory_limit = ram_limit if device == "cpu" else gpu_limit
     if memory_limit is not None:
         smallest = _smallest_forecast(space, device, baseline, estimate_training_peak)
@@ -130,12 +131,13 @@ def run_study(config: StudyConfig, *, artifacts: str | Path | None = None, progr
               log=None) -> RunSummary:
     """Run (or resume) the study until it holds config.n_trials finished trials or config.timeout_s passes."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    with _quiet_optuna():
+    # first, so the run's first line says how many threads it got and why
+    with _quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=log) as cores:
         return _run_study(config, artifacts=artifacts, progress=progress, workers=workers, threads=threads,
-                          cache_dir=cache_dir, log=log)
+                          cache_dir=cache_dir, log=log, cores=cores)
 
 
-def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, cache_dir, log) -> RunSummary:
+def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, cache_dir, log, cores: CoreShare) -> RunSummary:
     t_start = time.perf_counter()
     storage, prep = open_run(config, workers=workers, cache_dir=cache_dir)
     t_prepared = time.perf_counter()
@@ -143,6 +145,7 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     parallel = workers > 1 or sqlite_path(config.storage) is None
     study = search_study(config, prep, storage, parallel=parallel, log=log)
     settings = trial_settings(config, prep, artifacts=artifacts, workers=workers, threads=threads)
+    settings.threads = cores.threads
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     total = config.n_trials
     log(
@@ -154,7 +157,7 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     bars = _Bars(config.name, total, finished, enabled=progress, log=log)
     objective = Objective(config, prep.space, prep.pruner, settings, progress=bars)
     return drive(study, storage, objective, bars, total=total, timeout_s=config.timeout_s, log=log, t_start=t_start,
-                 timings={"prepare_s": t_prepared - t_start})
+                 timings={"prepare_s": t_prepared - t_start}, cores=cores)
 
 
 def open_run(config: StudyConfig, *, workers: int, cache_dir) -> tuple[RDBStorage, Prepared]:
@@ -180,7 +183,7 @@ def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, pa
     fresh = not study.get_trials(deepcopy=False)
     study.set_user_attr("study_file", _masked_raw(config))
     study.set_user_attr("full_training", config.full_training)
-    study.set_user_attr("vocab_sizes", {("char" if k is None else str(k)): v for k, v in prep.vocab_sizes.items()})
+    study.set_user_attr("vocab_sizes", check_vocab_sizes(study, prep))
     study.set_user_attr("step_unit", config.step_unit)
     if config.source.endswith(".toml"):
         study.set_user_attr("study_path", config.source)  # for the report's reproduce commands
@@ -196,6 +199,19 @@ def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, pa
         elif config.baselines.enabled:
             log("baselines: none (the space has no uniform heads; list some in [baselines] params or add 'uniform' to space.families)")
     return study
+
+
+def check_vocab_sizes(study: optuna.Study, prep: Prepared) -> dict[str, int]:
+    """The vocabulary sizes of this run, which must be the ones the study was searched with: widths were
+    solved for them, and a run on other data or another tokenizer version would build other models."""
+    now = {("char" if k is None else str(k)): v for k, v in prep.vocab_sizes.items()}
+    stored = study.user_attrs.get("vocab_sizes")
+    if stored is not None and any(stored.get(k, v) != v for k, v in now.items()):
+        raise ConfigError(
+            f"study {study.study_name!r} was searched with vocabulary sizes {stored}, but this data and tokenizer give {now} "
+            f"(another --dataset slice, or a tokenizer change); rerun on the same data, or pick a new study.name."
+        )
+    return {**(stored or {}), **now}
 
 
 def name_objective(study: optuna.Study) -> None:
@@ -218,36 +234,45 @@ def trial_settings(config: StudyConfig, prep: Prepared, *, artifacts, workers: i
 
 
 def drive(study: optuna.Study, storage: RDBStorage, objective: Objective, bars: _Bars, *, total: int | None,
-          timeout_s: float | None, log, t_start: float, timings: dict[str, float] | None = None) -> RunSummary:
+          timeout_s: float | None, log, t_start: float, timings: dict[str, float] | None = None,
+          cores: CoreShare | None = None) -> RunSummary:
     """Trials until the study holds `total` finished trials (or `timeout_s` passes), closing cleanly on a signal."""
     fails = _FailGuard()
     started_before = _started(study)
     interrupted = False
     deadline = time.monotonic() + timeout_s if timeout_s else None
-    slots = TrialSlots(total, deadline=deadline, log=log) if total is not None else None
+    stop = _Interrupts()
+    slots = TrialSlots(total, deadline=deadline, log=log, check=stop.check) if total is not None else None
+    objective.check_interrupt = stop.check
     # which machine and process ran a trial, for the dashboard; written with the trial's other attrs
     objective.extra_attrs = {"worker": f"{socket.gethostname()}:{os.getpid()}", "threads": objective.settings.threads}
 
     def run_trial(trial: optuna.Trial) -> float:
         objective.current_trial_id, objective.current_trial_number = trial._trial_id, trial.number
+        stop.check()
         if slots is not None:
             slots.claim(trial)
+        if cores is not None:  # this trial's share of the host's cores (other runs come and go)
+            objective.settings.threads = objective.extra_attrs["threads"] = cores.refresh()
         return objective(trial)
 
     callbacks = [bars.after_trial, fails] + ([slots.after_trial] if slots is not None else [])
     timings = dict(timings or {})
     t_loop = time.perf_counter()
-    try:
-        with _sigterm_as_interrupt():
+    with stop:  # signals during the closing writes below are noted, never raised
+        try:
+            if cores is not None:
+                cores.wait(stop.check)  # for a core that a multi-threaded run gives back (search/_host.py)
             if slots is None or slots.wait_for_slot(study):
                 study.optimize(run_trial, timeout=timeout_s, catch=(TrialFailed, SurplusTrial), callbacks=callbacks)
-    except KeyboardInterrupt:
-        interrupted = True
-        _close_interrupted(study, storage, objective)
-    finally:
-        bars.close()
-        timings["optimize_s"] = time.perf_counter() - t_loop
-        objective.close()
+            stop.check()  # a signal that came while Optuna recorded the last trial
+        except KeyboardInterrupt:
+            interrupted = True
+            _close_interrupted(study, storage, objective)
+        finally:
+            bars.close()
+            timings["optimize_s"] = time.perf_counter() - t_loop
+            objective.close()
     if fails.message is not None and not interrupted:
         raise MFHAError(fails.message)
     trials = study.get_trials(deepcopy=False)
@@ -305,13 +330,18 @@ def _close_interrupted(study: optuna.Study, storage, objective: Objective) -> No
     if tid is None:
         return
     trial = storage.get_trial(tid)
-    if trial.state == TrialState.RUNNING:
+    if trial.state == TrialState.RUNNING:  # Optuna never recorded it
         storage.set_trial_user_attr(tid, "fail_reason", "interrupted")
         storage.set_trial_state_values(tid, TrialState.FAIL)
         trial = storage.get_trial(tid)
+    # no reason: stopped before its training started (Optuna closed it; a finished trial takes no attrs)
+    if trial.state != TrialState.FAIL or trial.user_attrs.get("fail_reason", "interrupted") != "interrupted":
+        return  # the signal came after the trial ended (complete, pruned, or failed for its own reason)
     carried = {k: trial.user_attrs[k] for k in QUEUE_ATTRS if k in trial.user_attrs}
-    if trial.state == TrialState.FAIL and (trial.params or carried):
-        study.enqueue_trial(trial.params, user_attrs={**carried, "retry_of": trial.number})
+    # a queued trial stopped before it suggested anything holds its params only as fixed_params
+    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    if params or carried:
+        study.enqueue_trial(params, user_attrs={**carried, "retry_of": trial.number})
 
 
 class _FailGuard:
@@ -390,20 +420,44 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(old)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum, frame):
-        raise Interrupted()
+class _Interrupts:
+    """SIGINT and SIGTERM, raised (as KeyboardInterrupt / Interrupted) only where nothing is half-written.
 
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave SIGTERM alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    A Python signal handler runs at whatever line the main thread is on. A handler that raised there
+    could land inside Optuna's bookkeeping: while it recorded a finished trial, `_run_trial` then
+    failed with UnboundLocalError ('updated_state') on top of the interrupt (the CI flake of the
+    `--workers` SIGTERM test); while it created a trial, that trial stayed RUNNING. So the handler
+    only notes the signal, and `check()` raises it once, where this run's own code waits: the
+    training loop, the slot waits, the start of a trial, the end of the loop. Signals that come while
+    the interrupted trial is closed (a second Ctrl-C, the kernel's SIGTERM when a supervisor dies)
+    are noted and ignored, so the closing writes finish.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.raised = False
+        self._old: dict = {}
+
+    def note(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+
+    def check(self) -> None:
+        if self.signum is not None and not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt() if self.signum == signal.SIGINT else Interrupted()
+
+    def __enter__(self) -> "_Interrupts":
+        try:
+            self._old = {s: signal.signal(s, self.note) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: signals stay as they are, check() never raises
+            self._old = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
 
 
 def _resolve_device(device: str) -> str:
@@ -433,6 +487,17 @@ def _resolve_gpu_limit(value: int | str | None, share: float, workers: int) -> i
     return int(value)
 
 
+def _trial_baseline(config: StudyConfig, cache: Path, workers: int) -> int:
+    """The CPU forecast's baseline: the RSS of a real trial process as its trial starts, measured once
+    per run (it depends on what the forkserver imported, the main script among them)."""
+    from search._child import trial_baseline_bytes
+    from search._objective import start_forkserver
+
+    start_forkserver()  # no-op when running; else started with the trials' preload, as they would start it
+    preload = [config.train_config(tokenizer_vocab=v).to_dict() for v in config.vocab_choices]
+    return trial_baseline_bytes({"cache_dir": str(cache), "threads": worker_threads(config.threads, workers), "preload": preload})
+
+
 def _smallest_forecast(space: SearchSpace, device: str, baseline: int | None, estimate) -> int | None:
     """The lowest forecast peak over random points of the space at its smallest batch size."""
     rng = random.Random(0)
@@ -446,4 +511,4 @@ def _smallest_forecast(space: SearchSpace, device: str, baseline: int | None, es
     return best
 
 
-__all__ = ["run_study", "prepare", "count_trials", "summarize", "open_run", "search_study", "trial_settings", "drive", "RunSummary", "Prepared", "Interrupted"]
+__all__ = ["run_study", "prepare", "check_vocab_sizes", "count_trials", "summarize", "open_run", "search_study", "trial_settings", "drive", "RunSummary", "Prepared", "Interrupted"]

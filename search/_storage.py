@@ -96,6 +96,14 @@ def make_storage(
         raise ConfigError(f"{flag}={mask_url(url)!r} needs a database driver that is not installed ({_first_line(e)}); for PostgreSQL: pip install 'psycopg[binary]'.") from None
     except sqlalchemy.exc.OperationalError as e:
         raise ConfigError(f"cannot reach the database {flag}={mask_url(url)!r}: {mask_url(_first_line(e.orig or e))}.") from None
+    except sqlalchemy.exc.DatabaseError as e:  # OperationalError's parent: SQLite's "file is not a database"
+        if db is None:
+            raise
+        # found here rather than by reading the file's header first: opening and closing the file in a
+        # process that holds SQLite connections to it drops their POSIX locks (https://sqlite.org/howtocorrupt.html)
+        raise ConfigError(f"{flag} must name a SQLite database or a new file, but got {flag}={mask_url(url)!r}, whose file "
+                          f"{str(db)!r} SQLite cannot read ({_first_line(e.orig or e)}); pass {flag} with another file name, "
+                          f"or move that file away.") from None
     if db is not None:
         _tune_sqlite(storage)
     return storage

@@ -20,6 +20,7 @@ from mfha.errors import ConfigError
 from mfha.heads import HEAD_FAMILIES, HeadSpec
 
 DEFAULT_STORAGE = "sqlite:///storage/mfha.db"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAD_MIXES = ("shared", "per_layer")
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none")
 SAMPLERS = ("tpe", "random")
@@ -238,6 +239,9 @@ class StudyConfig:
 
 def load_study_file(path: str | Path) -> StudyConfig:
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
+        # the default studies/smoke.toml when run_search.py runs from another folder
+        path = REPO_ROOT / path
     if not path.is_file():
         hint = ""
         if path.parent.is_dir():

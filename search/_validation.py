@@ -23,9 +23,12 @@ from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import ConfigError
 from search._evidence import BASELINE, mixes_sizes, validation_name
 from search._export import open_study
+from search._host import share_cores
 from search._objective import Objective, _set_attrs
 from search._pruners import MemoryAwarePruner
-from search._runner import FINISHED, Prepared, RunSummary, _Bars, _quiet_optuna, drive, name_objective, open_run, trial_settings
+from search._runner import (
+    FINISHED, Prepared, RunSummary, _Bars, _quiet_optuna, check_vocab_sizes, drive, name_objective, open_run, trial_settings,
+)
 from search._space import Candidate
 from search._study_file import StudyConfig, ValidationConfig, parse_study
 from search._workers import SurplusTrial
@@ -40,8 +43,8 @@ class Pick:
 
 
 def select_configs(search: optuna.Study, *, top: int, families: bool = True) -> list[Pick]:
-    """The configurations to retrain: the `top` best distinct ones, then (with `families`) the best of
-    every head family, the best baseline, and the best mixed-size and best plain multi-head one."""
+    """The configurations to retrain: the `top` best distinct ones, (with `families`) the best of every
+    head family, and always the best baseline and the best mixed-size and best plain multi-head one."""
     if top < 1:
         raise ValueError(f"top must be a positive integer, but got {top=}.")
     done = sorted((t for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -63,9 +66,10 @@ def select_configs(search: optuna.Study, *, top: int, families: bool = True) -> 
     if families:
         for family in dict.fromkeys(t.user_attrs.get("family", "") for t in distinct):
             add(next(t for t in distinct if t.user_attrs.get("family", "") == family), f"best {family}")
-        add(next((t for t in distinct if t.user_attrs.get("role") == BASELINE), None), "best baseline")
-        add(next((t for t in distinct if mixes_sizes(t.user_attrs["model_config"])), None), "best mixed sizes")
-        add(next((t for t in distinct if not mixes_sizes(t.user_attrs["model_config"])), None), "best plain multi-head")
+    # always: the reference, and the two sides of the report's verdict
+    add(next((t for t in distinct if t.user_attrs.get("role") == BASELINE), None), "best baseline")
+    add(next((t for t in distinct if mixes_sizes(t.user_attrs["model_config"])), None), "best mixed sizes")
+    add(next((t for t in distinct if not mixes_sizes(t.user_attrs["model_config"])), None), "best plain multi-head")
     return list(picks.values())
 
 
@@ -159,6 +163,7 @@ class _Retrain:
 def validation_study(config: StudyConfig, prep: Prepared, storage, v: ValidationConfig, *, log) -> tuple[optuna.Study, _Plan]:
     """The companion study, created or resumed, with every missing pair enqueued."""
     search = optuna.load_study(study_name=config.name, storage=storage)
+    check_vocab_sizes(search, prep)  # else the stored configurations would be rebuilt at another vocabulary
     plan = _Plan(search, v)
     pruner = MemoryAwarePruner(optuna.pruners.NopPruner(), memory_limit=prep.pruner.memory_limit,
                                memory_name=prep.pruner.memory_name, step_unit=config.step_unit)
@@ -183,17 +188,18 @@ def run_validation(config: StudyConfig, *, top: int | None = None, seeds: int | 
     """Retrain the selected configurations with fresh seeds until every pair is finished (or interrupted)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     v = resolve(config, top=top, seeds=seeds)
-    with _quiet_optuna():
+    with _quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=log) as cores:
         t_start = time.perf_counter()
         config = _with_trial_dataset(config, dataset)
         storage, prep = open_run(config, workers=workers, cache_dir=cache_dir)
         study, plan = validation_study(config, prep, storage, v, log=log)
         settings = trial_settings(config, prep, artifacts=artifacts, workers=workers, threads=threads)
+        settings.threads = cores.threads
         total = plan.total(study)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         bars = _Bars(study.study_name, total, finished, enabled=progress, log=log)
         objective = Objective(config, prep.space, prep.pruner, settings, progress=bars, propose=_Retrain(plan, dataset), reuse=False)
-        return drive(study, storage, objective, bars, total=total, timeout_s=None, log=log, t_start=t_start)
+        return drive(study, storage, objective, bars, total=total, timeout_s=None, log=log, t_start=t_start, cores=cores)
 
 
 def enqueue_validation(config: StudyConfig, *, top: int | None = None, seeds: int | None = None, dataset: str | None = None,

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mfha.errors import ConfigError, MFHAError
+from search._host import host_cores, wanted
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_S = 1.0
@@ -42,19 +43,22 @@ def _rank(t: FrozenTrial) -> tuple[int, int]:
 class TrialSlots:
     """Keeps a study's finished trials at exactly `total` however many workers share it."""
 
-    def __init__(self, total: int, *, deadline: float | None = None, poll_s: float = POLL_S, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, total: int, *, deadline: float | None = None, poll_s: float = POLL_S, log: Callable[[str], None] | None = None,
+                 check: Callable[[], None] | None = None) -> None:
         if total < 1:
             raise ValueError(f"total must be a positive integer, but got {total=}.")
         self.total = total
         self.deadline = deadline  # time.monotonic() after which nobody waits any more
         self.poll_s = poll_s
         self.log = log or (lambda msg: None)
+        self.check = check or (lambda: None)  # raises a pending Ctrl-C / SIGTERM between polls
         self.surplus = 0
 
     def wait_for_slot(self, study: optuna.Study) -> bool:
         """Before asking for a trial: True when one may start, False when the study is full (or time is up)."""
         told = False
         while True:
+            self.check()
             _fail_stale(study)
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
@@ -78,6 +82,7 @@ class TrialSlots:
         """Inside the trial, before anything is suggested: train, or close as FAIL `surplus`."""
         study = trial.study
         while True:
+            self.check()
             _fail_stale(study)
             trials = study.get_trials(deepcopy=False)
             me = next(t for t in trials if t._trial_id == trial._trial_id)
@@ -114,9 +119,7 @@ def worker_threads(requested: int | None, workers: int) -> int:
     Oversubscribed OpenMP threads busy-wait on each other: 2 threads per process with other
     processes busy on a 2-core machine made a training step 3-10x slower than 1 thread.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = max(1, cores // workers)
-    return share if not requested else min(requested, share)
+    return wanted(requested, None, workers, host_cores())[0]
 
 
 def run_workers(argv: list[str], workers: int, *, log: Callable[[str], None], command: str = "run") -> list[int]:
@@ -143,7 +146,7 @@ def run_workers(argv: list[str], workers: int, *, log: Callable[[str], None], co
         for i in range(workers):
             cmd = [sys.executable, script, command, *argv, "--worker-index", str(i)]
             procs.append(subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent))
-        log(f"started {workers} workers (pids {', '.join(str(p.pid) for p in procs)}), {worker_threads(None, workers)} torch thread(s) each")
+        log(f"started {workers} workers (pids {', '.join(str(p.pid) for p in procs)}); each claims its cores and says how many threads it got")
         codes = []
         for p in procs:
             while True:

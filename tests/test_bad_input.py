@@ -1,6 +1,7 @@
 """Each user mistake through the real CLI: one `error:` line naming the flag or key and the fix, a
 non-zero exit, no traceback, and the study already in the store untouched. README.md's table of
 bad inputs quotes these messages."""
+import json
 import os
 import re
 import shutil
@@ -142,6 +143,52 @@ def test_storage_folder_not_writable(tiny_study, tmp_path):
         folder.chmod(0o700)
     assert line == f"error: the storage folder '{folder}' is not writable; pass --storage with a URL in a folder you can write."
     assert snapshot(url) == before
+
+
+def test_storage_file_that_is_not_sqlite(tiny_study, tmp_path):
+    db = tmp_path / "some.db"
+    junk = os.urandom(4096)
+    db.write_bytes(junk)
+    url = f"sqlite:///{db}"
+    for args in (["run", "--study", str(tiny_study())], ["show", "--study", "keep"]):
+        line = one_error_line(run_search(*args, "--storage", url))
+        assert line == (f"error: --storage must name a SQLite database or a new file, but got --storage='{url}', whose file '{db}' "
+                        f"SQLite cannot read (file is not a database); pass --storage with another file name, or move that file away."), line
+    assert db.read_bytes() == junk and sorted(p.name for p in tmp_path.iterdir()) == ["some.db", "tiny.toml"]
+
+
+def exportable_store(folder) -> str:
+    """A store whose study 'exp' has one COMPLETE trial carrying the configs an export writes out."""
+    from mfha import ModelConfig, TrainConfig
+
+    url = f"sqlite:///{folder}/exp.db"
+
+    def objective(trial):
+        trial.set_user_attr("model_config", ModelConfig().to_dict())
+        trial.set_user_attr("train_config", TrainConfig().to_dict())
+        return trial.suggest_float("x", 0, 1)
+
+    optuna.create_study(study_name="exp", storage=make_storage(url)).optimize(objective, n_trials=1)
+    return url
+
+
+def test_export_into_a_folder_of_other_files_is_refused_and_an_earlier_export_replaced(store, tmp_path):
+    before = snapshot(store)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    line = one_error_line(run_search("export", "--study", "keep", "--storage", store, "--out", str(out)))
+    assert line == (f"error: --out must be a new or empty folder or an earlier export (one with its trial.json), but got "
+                    f"--out '{out}', which holds notes.txt; pass --out with another folder."), line
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes\n"
+    assert snapshot(store) == before
+    url = exportable_store(tmp_path)
+    first = run_search("export", "--study", "exp", "--storage", url, "--out", str(tmp_path / "exp"))
+    assert first.returncode == 0 and "replaced" not in first.stdout, first.stderr[-3000:]
+    again = run_search("export", "--study", "exp", "--storage", url, "--out", str(tmp_path / "exp"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "  replaced:            the earlier export of trial 0 of study 'exp' in that folder" in again.stdout.splitlines(), again.stdout
+    assert json.loads((tmp_path / "exp" / "trial.json").read_text())["number"] == 0
 
 
 def test_a_diverging_learning_rate_prunes_that_trial_and_the_study_goes_on(tiny_study, tmp_path):

@@ -32,6 +32,9 @@ def test_study_trials_chart_and_artifacts_in_chromium(tmp_path, tiny_study, brow
         for i in range(n):
             assert chart.get_by_text(f"trial #{i}", exact=True).count() == 1  # the legend
         page.screenshot(path=str(tmp_path / "study.png"), full_page=True)
+        # the objective is named (study.set_metric_names), not "Objective 0"
+        page.get_by_text("val_bpc").first.wait_for(timeout=30_000)
+        assert page.get_by_text("Objective 0").count() == 0
 
         page.goto(page.url.rstrip("/") + "/trials")
         page.get_by_text(f"{n} Trials", exact=True).wait_for(timeout=30_000)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mfha.config import TrainConfig
-from mfha.data import load_data
+from mfha.data import _Source, load_data
 from mfha.errors import ConfigError, DataError
 
 
@@ -180,8 +180,12 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
         load_data(_cfg("nobody-here/not-a-dataset"), cache_dir=tmp_path)
     assert str(info.value) == (
         "cannot reach the Hugging Face Hub for --dataset nobody-here/not-a-dataset; "
-        "pass a local copy, e.g. --dataset ../shared/data/tinystories"
+        "pass a local copy, e.g. --dataset data/tinystories-sample"
     )
+    # a bounded slice of a Hub name takes the streaming path, with the same one line
+    with pytest.raises(DataError) as streamed:
+        load_data(_cfg("nobody-here/not-a-dataset", max_train_stories=10, max_val_stories=5), cache_dir=tmp_path)
+    assert str(streamed.value) == str(info.value)
 
 
 def test_unreachable_hub_probe_does_not_wait_for_retries(tmp_path):
@@ -204,6 +208,70 @@ def test_unreachable_hub_probe_does_not_wait_for_retries(tmp_path):
 
 
 def test_too_small_tokenizer_vocab(tmp_path, tinystories):
-    with pytest.raises(ConfigError, match=r"tokenizer_vocab must be at least \d+ for this corpus.*tokenizer_vocab=300"):
-        load_data(_cfg(tinystories, tokenizer_vocab=300), cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"tokenizer_vocab must be at least \d+ for this corpus.*tokenizer_vocab=100"):
+        load_data(_cfg(tinystories, tokenizer_vocab=100), cache_dir=tmp_path)
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_streaming_reads_exactly_the_first_stories(tinystories, tmp_path):
+    cfg = _cfg(tinystories, max_train_stories=25, max_val_stories=7)
+    streamed = load_data(cfg, cache_dir=tmp_path / "streamed", streaming=True)
+    loaded = load_data(cfg, cache_dir=tmp_path / "loaded", streaming=False)
+    tok = streamed.tokenizer
+    assert tok.decode(streamed.train) == "".join(t + "<eos>" for t in _texts(tinystories, "train")[:25])
+    assert tok.decode(streamed.val) == "".join(t + "<eos>" for t in _texts(tinystories, "validation")[:7])
+    assert tok.backend.to_str() == loaded.tokenizer.backend.to_str()
+    assert np.array_equal(streamed.train, loaded.train) and np.array_equal(streamed.val, loaded.val)
+    assert [p.name for p in (tmp_path / "streamed" / "rows").iterdir()]  # the streamed rows are kept
+    assert not (tmp_path / "loaded" / "rows").exists()
+
+
+def test_a_bounded_hub_slice_is_streamed_once_then_read_from_the_cache(tinystories, tmp_path, monkeypatch):
+    import datasets
+
+    opened = []
+
+    def local_hub(self, *, streaming=False):  # the Hub stood in for by the shared slice, offline
+        opened.append(streaming)
+        return datasets.load_dataset(tinystories, streaming=streaming)
+
+    monkeypatch.setattr(_Source, "load", local_hub)
+    cfg = _cfg("roneneldan/TinyStories", max_train_stories=12, max_val_stories=3)
+    first = load_data(cfg, cache_dir=tmp_path)
+    assert opened == [True]
+    assert first.tokenizer.decode(first.val) == "".join(t + "<eos>" for t in _texts(tinystories, "validation")[:3])
+    # another tokenizer size needs the text again: it comes from the kept rows, not the network
+    bpe = load_data(_cfg("roneneldan/TinyStories", max_train_stories=12, max_val_stories=3, tokenizer_vocab=340), cache_dir=tmp_path)
+    assert opened == [True] and not bpe.cached
+    assert bpe.tokenizer.decode(bpe.train) == first.tokenizer.decode(first.train)
+    load_data(_cfg("roneneldan/TinyStories", max_val_stories=3), cache_dir=tmp_path / "unbounded")
+    assert opened == [True, False]  # an unbounded split keeps the whole-dataset load
+
+
+def test_loading_prints_no_third_party_noise(tmp_path, capfd):
+    import datasets
+    from huggingface_hub.utils import logging as hub_logging
+
+    src = tmp_path / "fresh"  # a folder datasets has never seen, so it generates its splits
+    src.mkdir()
+    _write_jsonl(src / "train.jsonl", ["a first story."] * 30)
+    _write_jsonl(src / "validation.jsonl", ["a held-out story."] * 5)
+    (src / "README.md").write_text("# my stories\n\nNo YAML header, so huggingface_hub warns about its metadata.\n")
+    levels = datasets.logging.get_verbosity(), hub_logging.get_verbosity(), datasets.are_progress_bars_disabled()
+    capfd.readouterr()
+    d = load_data(_cfg(str(src)), cache_dir=tmp_path / "cache")
+    err = capfd.readouterr().err
+    assert d.tokenizer.decode(d.val) == "a held-out story.<eos>" * 5
+    assert "Repo card metadata" not in err and "Generating" not in err and "tokenizing" not in err, err
+    assert err == "", err
+    assert (datasets.logging.get_verbosity(), hub_logging.get_verbosity(), datasets.are_progress_bars_disabled()) == levels
+
+
+def test_a_relative_path_missing_here_is_looked_up_in_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # python /path/to/run_search.py run from another folder
+    sample = Path(__file__).resolve().parents[1] / "data" / "tinystories-sample"
+    assert _Source.resolve("data/tinystories-sample").path == sample
+    (tmp_path / "data" / "tinystories-sample").mkdir(parents=True)
+    assert _Source.resolve("data/tinystories-sample").path == tmp_path / "data" / "tinystories-sample"  # here first
+    with pytest.raises(DataError, match=r"--dataset './nope' does not exist"):
+        _Source.resolve("./nope")

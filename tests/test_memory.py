@@ -106,6 +106,21 @@ def test_bench_quick_prints_the_json_line():
     assert last["worst_under"] >= UNDER and last["worst_over"] <= OVER, last
 
 
+@pytest.mark.slow
+def test_bench_trials_quick_compares_real_trial_processes(tinystories):
+    # real smoke trials through run_study; the band for trial processes: within +-10%, never
+    # more than 5% under
+    proc = subprocess.run(
+        [sys.executable, "bench/memory.py", "--trials", "--quick", "--dataset", tinystories],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    last = json.loads(lines[-1])
+    assert (last["bench"], last["mode"]) == ("memory", "trials") and 1 <= last["trials"] <= 4, last
+    assert sum(line.startswith("smoke ") for line in lines) == last["trials"] == last["studies"]["smoke"]["trials"]
+    assert -0.05 <= last["worst_under"] <= last["worst_over"] <= 0.10, last
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -113,7 +113,8 @@ def test_export_then_training_reproduces_the_trial(smoke, tmp_path):
     assert record["number"] == best.number and record["params"] == best.params
     assert record["intermediate_values"] == {str(k): v for k, v in best.intermediate_values.items()}
     full = json.loads((out / "train_config.json").read_text())
-    assert full["max_steps"] == load_study_file(SMOKE).full_training["max_steps"]
+    # [full_training] tokens, in the exported trial's steps
+    assert full["max_steps"] == -(-load_study_file(SMOKE).full_training["tokens"] // (full["batch_size"] * full["seq_len"]))
     assert f"python -m mfha.train --from {out} --out" in proc.stdout
 
     check = next(line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if "reproduce the trial:" in line)
@@ -202,9 +203,10 @@ def test_ctrl_c_closes_the_running_trial_and_a_rerun_resumes(tmp_path, tinystori
     left = [p for p in psutil.process_iter(["pid"]) if _pgid(p) == proc.pid and _alive(p)]
     assert not left, f"processes of the run outlived it: {left}"
 
+    # the retry queues behind trials queued before it (the baselines not yet run): room for all of them
     finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
     again = run_search("run", "--study", str(SMOKE), "--dataset", tinystories, "--storage", url, "--no-progress",
-                       "--n-trials", str(finished + 1), timeout=300)
+                       "--n-trials", str(finished + states.count(TrialState.WAITING)), timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     study = optuna.load_study(study_name="smoke", storage=url)
     retried = [t for t in study.trials if t.user_attrs.get("retry_of") == training]

@@ -329,3 +329,10 @@ def test_baseline_sizes_need_uniform_heads_in_the_space():
 
 def test_baselines_can_be_turned_off():
     assert parse_study(study(baselines__enabled=False)).baselines.enabled is False
+
+
+def test_a_relative_study_path_missing_here_is_looked_up_in_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # python /path/to/run_search.py run from another folder: its default study
+    assert load_study_file("studies/smoke.toml").name == "smoke"
+    with pytest.raises(ConfigError, match=r"study file 'studies/smoek\.toml' does not exist"):
+        load_study_file("studies/smoek.toml")

@@ -92,11 +92,12 @@ def test_train_evaluate_generate_clis(tinystories, tmp_path):
     trained = cli("-m", "mfha.train", "--model-config", str(mc), "--train-config", str(tc), "--out", str(run))
     assert trained.returncode == 0, trained.stderr
     assert "done: 40 steps" in trained.stdout
-    plot = tmp_path / "curves.png"
-    evaluated = cli("-m", "mfha.evaluate", str(run), str(run), "--plot", str(plot))
+    evaluated = cli("-m", "mfha.evaluate", str(run), str(run))
     assert evaluated.returncode == 0, evaluated.stderr
     assert "top5_acc" in evaluated.stdout and "val_bpc" in evaluated.stdout
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # into the first run folder, not the current one (the repository here)
+    plot = run / "loss_curves.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"loss curves -> {plot}" in evaluated.stdout
     gen = ["-m", "mfha.generate", str(run), "Once upon a time", "--max-new-tokens", "40", "--top-k", "20", "--top-p", "0.9"]
     first, second, other = cli(*gen, "--seed", "7"), cli(*gen, "--seed", "7"), cli(*gen, "--seed", "8")
     assert first.returncode == 0, first.stderr

@@ -1,4 +1,9 @@
 """Several workers on one SQLite study: exact trial counts, `--workers N`, and kill -9 recovery."""
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -7,8 +12,9 @@ import pytest
 from optuna.trial import TrialState
 
 from search import make_storage
+from search._host import CoreShare
 from search._workers import SurplusTrial, TrialSlots, worker_threads
-from tests._cli import FINISHED, assert_consistent, kill_group, run_search, start, trials, training_trial, wait_for
+from tests._cli import FINISHED, REPO, assert_consistent, kill_group, run_search, start, trials, training_trial, wait_for
 
 # these tests ask for trials by hand, outside `optimize`, which Optuna warns about with a heartbeat
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -75,9 +81,90 @@ def test_a_dead_workers_trial_is_failed_after_the_grace_period_and_queued_again(
     assert retry.number == 1 and retry.params == {"x": x}
 
 
-def test_worker_threads_never_oversubscribe():
-    import os
+HOLD = """
+import sys
+from search._host import CoreShare
+share = CoreShare(int(sys.argv[2]), folder=sys.argv[1], cores=4)
+print(" ".join(map(str, sorted(share.held))), flush=True)
+sys.stdin.read()  # hold the cores until the test closes stdin or kills this process
+"""
 
+
+def _holder(folder, want: int) -> tuple[subprocess.Popen, set[int]]:
+    """Another process holding `want` of 4 cores in `folder`; returns it and the slots it got."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(want)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    return proc, {int(x) for x in proc.stdout.readline().split()}
+
+
+def test_two_processes_claim_disjoint_cores(tmp_path):
+    proc, theirs = _holder(tmp_path, 2)
+    try:
+        with CoreShare(4, folder=tmp_path, cores=4) as mine:
+            assert len(theirs) == 2 and set(mine.held) == {0, 1, 2, 3} - theirs
+            assert mine.threads == 2
+            assert mine.line() == f"4 cores, 2 held by another run (pid {proc.pid}): 2 torch threads per trial"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_dead_holders_cores_are_free_again(tmp_path):
+    proc, theirs = _holder(tmp_path, 4)
+    assert theirs == {0, 1, 2, 3}
+    with CoreShare(1, folder=tmp_path, cores=4) as late:
+        assert not late.held and late.threads == 1  # all taken: one thread without a core of its own
+    proc.send_signal(signal.SIGKILL)  # the kernel drops a dead process's locks; its pid stays in the files
+    proc.wait()
+    with CoreShare(4, folder=tmp_path, cores=4) as mine:
+        assert set(mine.held) == {0, 1, 2, 3} and mine.line() == "4 cores, none held by another run: 4 torch threads per trial"
+
+
+def test_a_run_without_a_core_waits_for_the_one_a_multi_threaded_holder_gives_back(tmp_path):
+    first = CoreShare(2, folder=tmp_path, cores=2)
+    second = CoreShare(2, folder=tmp_path, cores=2)
+    assert (first.threads, len(second.held)) == (2, 0) and second.must_wait()
+    assert re.fullmatch(r"2 cores, all held by another run \(pid \d+\): waits for one before its first trial .*", second.line())
+    assert first.refresh() == 1  # a run waits: the holder keeps its fair share, 2 cores // 2 runs
+    second.wait(poll_s=0.01)
+    assert len(second.held) == 1 and second.threads == 1
+    assert first.refresh() == 1  # nobody waits any more, and no core is free
+    second.close()
+    assert first.refresh() == 2  # grows back to its cap once the other run is gone
+    first.close()
+
+
+def test_a_run_without_a_core_beside_single_threaded_holders_trains_at_once(tmp_path):
+    holders = [CoreShare(1, folder=tmp_path, cores=2) for _ in range(2)]
+    late = CoreShare(1, folder=tmp_path, cores=2)
+    assert not late.held and not late.must_wait() and late.threads == 1
+    assert "with one thread each: 1 torch thread per trial without a core of its own" in late.line()
+    assert [h.refresh() for h in holders] == [1, 1]  # nothing to give back below one thread
+    for share in (late, *holders):
+        share.close()
+
+
+def test_host_slots_can_be_turned_off(tmp_path, monkeypatch):
+    from search._host import share_cores
+
+    monkeypatch.setenv("MFHA_HOST_SLOTS", "0")
+    lines: list[str] = []
+    with share_cores(None, 1, 1, cache_dir=tmp_path, log=lines.append) as share:
+        assert share.threads == 1 and not share.held and not (tmp_path / "host-slots").exists()
+    assert lines == [f"{len(os.sched_getaffinity(0))} cores, shared with no other run (MFHA_HOST_SLOTS=0): 1 torch thread per trial"
+                     + (" (at most 1: training.threads = 1)" if len(os.sched_getaffinity(0)) > 1 else "")]
+
+
+@pytest.mark.slow
+def test_the_first_line_of_a_run_names_its_threads(tmp_path, tiny_study):
+    proc = run_search("run", "--study", str(tiny_study(n_trials=1)), "--storage", f"sqlite:///{tmp_path}/mfha.db", "--no-progress",
+                      timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = proc.stderr.splitlines()[0]
+    assert re.fullmatch(r"\d+ cores, (none held by another run|\d+ held by .*): 1 torch thread per trial.*", first), proc.stderr[-3000:]
+
+
+def test_worker_threads_never_oversubscribe():
     cores = len(os.sched_getaffinity(0))
     assert worker_threads(None, 1) == cores
     assert worker_threads(None, cores * 2) == 1
@@ -91,6 +178,9 @@ def test_workers_flag_on_sqlite_runs_exactly_n_trials_without_lock_errors(tmp_pa
     proc = run_search("run", "--study", str(tiny_study(n_trials=6)), "--storage", url, "--workers", "3", "--no-progress", timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "locked" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-6000:]
+    lines = proc.stderr.splitlines()
+    assert re.fullmatch(r"\d+ cores, .*: 3 workers, each claiming up to 1 torch thread per trial.*", lines[0]), lines[0]
+    assert sum(bool(re.fullmatch(r"\[worker \d\] \d+ cores, .*: 1 torch thread per trial.*", line)) for line in lines) == 3
     ts = trials(url, "tiny")
     assert_consistent(ts, 6)
     done = [t for t in ts if t.state in FINISHED]
