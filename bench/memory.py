@@ -15,11 +15,9 @@ smoke study (batch 16: its batch-2048 trials are pruned before allocation and so
 peak) and the 0.5M-parameter study, each with a token budget cut short (the peak comes in the first
 steps; every other setting as in the study file). Each row: the forecast the objective recorded
 (`forecast_peak_mib`) against the trial process's measured peak (`peak_mem_mib`: the larger of the
-watched RSS and the process's own VmHWM). Each study runs twice: a fit set (sampler seed + 1, no
-baselines), on which the bench finds mfha.memory's STEP_SLACK again, and the study as its file says,
-held out; a held-out trial whose configuration the fit set has too is marked `repeat`. Last line:
-JSON with the held-out trials' worst_over and worst_under, per study too, and the fit set's.
---quick: 4 held-out smoke trials, no fit set.
+watched RSS and the process's own VmHWM). mfha.memory's constants were fitted on the fresh-process
+configs above, so every trial here is held out. Last line: JSON with trials, worst_over and
+worst_under, also per study. --quick: 4 smoke trials.
 
     python bench/memory.py --trials [--quick] [--dataset ../shared/data/tinystories]
 """
@@ -32,14 +30,12 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mfha import ModelConfig, TrainConfig, count_parameters, explicit, fractal, geometric, uniform  # noqa: E402
-from mfha import memory  # noqa: E402
 from mfha.memory import forecast_parts, framework_baseline_bytes, measure_training_peak  # noqa: E402
 
 # name -> (ModelConfig kwargs, batch_size, seq_len)
@@ -71,12 +67,10 @@ QUICK: dict[str, tuple[dict, int, int]] = {
 # --trials: study file, name in the table, tokens per trial, batch sizes (None: the study's), trials per run
 STUDIES = [
     (ROOT / "studies" / "smoke.toml", "smoke", 61_440, (16,), 14),  # 60 steps of 16 x 64
-    (ROOT / "studies" / "tinystories-0.5m.toml", "0.5m", 245_760, None, 12),  # 120 steps at batch 16, 30 at 64
+    (ROOT / "studies" / "tinystories-0.5m.toml", "0.5m", 245_760, None, 16),  # 120 steps at batch 16, 30 at 64
 ]
 QUICK_STUDIES = [(ROOT / "studies" / "smoke.toml", "smoke", 20_480, (16,), 4)]
 DATASET = str(ROOT.parent / "shared" / "data" / "tinystories")
-# the band STEP_SLACK is fitted to (the widest margin to it) and the issue's acceptance band
-BAND = (-0.05, 0.10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default=DATASET, help="--trials: the studies' data (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.trials:
-        return trials_main(QUICK_STUDIES if args.quick else STUDIES, args.dataset, fit=not args.quick)
+        return trials_main(QUICK_STUDIES if args.quick else STUDIES, args.dataset)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     configs = QUICK if args.quick else CONFIGS
 
@@ -122,71 +116,52 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def trials_main(studies: list, dataset: str, *, fit: bool) -> int:
-    """Each study runs twice with fit: once with another sampler seed and no baselines (the fit set,
-    on which STEP_SLACK's best value is found again), once as its study file says (held out)."""
+def trials_main(studies: list, dataset: str) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mfha-memory-") as folder:
         for path, name, tokens, batch_sizes, n_trials in studies:
-            for role in (("fit", "held-out") if fit else ("held-out",)):
-                study = trial_study(path, name, tokens, batch_sizes, n_trials, dataset, Path(folder), fit=role == "fit")
-                rows += [{**r, "study": name, "set": role} for r in trial_rows(study)]
-    fit_keys = {r["key"] for r in rows if r["set"] == "fit"}
-    for r in rows:
-        if r["set"] == "held-out" and r["key"] in fit_keys:
-            r["set"] = "repeat"  # a configuration the fit set has too: neither fit nor held out
+            rows += [{**r, "study": name} for r in trial_rows(trial_study(path, name, tokens, batch_sizes, n_trials, dataset, Path(folder)))]
+    if not rows:
+        raise SystemExit("no trial trained: nothing to compare")
     print_trials(rows)
-    held = [r["error"] for r in rows if r["set"] == "held-out"]
-    if not held:
-        raise SystemExit("no held-out trial trained: nothing to compare")
-    result = {"bench": "memory", "mode": "trials", "trials": len(held),
-              "worst_over": round(max(held), 4), "worst_under": round(min(held), 4), "studies": {}}
+    errors = [r["error"] for r in rows]
+    result = {"bench": "memory", "mode": "trials", "trials": len(rows),
+              "worst_over": round(max(errors), 4), "worst_under": round(min(errors), 4), "studies": {}}
     for name in dict.fromkeys(r["study"] for r in rows):
-        errs = [r["error"] for r in rows if r["study"] == name and r["set"] == "held-out"]
-        if errs:
-            result["studies"][name] = {"trials": len(errs), "worst_over": round(max(errs), 4), "worst_under": round(min(errs), 4)}
-    fitted = [r for r in rows if r["set"] == "fit"]
-    if fitted:
-        errs = [r["error"] for r in fitted]
-        best = fit_step_slack(fitted)
-        print(f"fit set: {len(fitted)} trials, {min(errs):+.1%}..{max(errs):+.1%}; the STEP_SLACK with the widest margin to "
-              f"{BAND[0]:+.0%}..{BAND[1]:+.0%} on them: {best:.2f} (mfha.memory uses {memory.STEP_SLACK})")
-        result.update(fit_trials=len(fitted), fit_worst_over=round(max(errs), 4), fit_worst_under=round(min(errs), 4), fitted_step_slack=best)
+        errs = [r["error"] for r in rows if r["study"] == name]
+        result["studies"][name] = {"trials": len(errs), "worst_over": round(max(errs), 4), "worst_under": round(min(errs), 4)}
     print(json.dumps(result))
     return 0
 
 
 def print_trials(rows: list[dict]) -> None:
-    header = (f"{'study':<6} {'set':<8} {'trial':>5} {'heads':<30} {'params':>8} {'B':>3} {'V':>4} {'baseline':>8} "
+    header = (f"{'study':<6} {'trial':>5} {'heads':<30} {'params':>8} {'B':>3} {'V':>4} {'baseline':>8} "
               f"{'model':>6} {'forecast MiB':>12} {'measured MiB':>12} {'error':>7}")
-    print(f"fresh-process baseline {memory.framework_baseline_bytes() / 2**20:.0f} MiB; baseline below: the run's trial process, as measured")
+    print(f"baseline: the run's trial process as measured (a fresh process's: {framework_baseline_bytes() / 2**20:.0f} MiB); "
+          f"model: the forecast less the baseline. Every row is held out: mfha.memory's constants were fitted on this "
+          f"bench's fresh-process configs")
     print(header)
     print("-" * len(header))
     for r in rows:
         heads = r["heads"] if len(r["heads"]) <= 30 else r["heads"][:27] + "..."
-        print(f"{r['study']:<6} {r['set']:<8} {r['trial']:>5} {heads:<30} {r['params']:>8,} {r['B']:>3} {r['V']:>4} "
+        print(f"{r['study']:<6} {r['trial']:>5} {heads:<30} {r['params']:>8,} {r['B']:>3} {r['V']:>4} "
               f"{r['baseline'] / 2**20:>8.0f} {r['model'] / 2**20:>6.1f} {r['forecast'] / 2**20:>12.1f} "
               f"{r['measured'] / 2**20:>12.1f} {r['error']:>+7.1%}", flush=True)
 
 
-def trial_study(path: Path, name: str, tokens: int, batch_sizes: tuple | None, n_trials: int, dataset: str, folder: Path,
-                *, fit: bool):
+def trial_study(path: Path, name: str, tokens: int, batch_sizes: tuple | None, n_trials: int, dataset: str, folder: Path):
     """Run the study file's study, its token budget cut to `tokens`; returns the optuna study."""
     import optuna
 
-    from search import BaselinesConfig, load_study_file, run_study
+    from search import load_study_file, run_study
 
-    base = load_study_file(path).with_overrides(dataset=dataset, n_trials=n_trials)
-    study_name = f"memory-{name}-{'fit' if fit else 'held-out'}"
+    base = load_study_file(path).with_overrides(dataset=dataset, storage=f"sqlite:///{folder}/{name}.db", n_trials=n_trials)
     config = replace(
-        base, name=study_name, storage=f"sqlite:///{folder}/{study_name}.db", timeout_s=None, validation=None,
+        base, name=f"memory-{name}", timeout_s=None, validation=None,
         space=replace(base.space, batch_size=batch_sizes or base.space.batch_size),
         # the pruner keeps the study's settings: its warm-up, counted in tokens, outlasts this budget
         tokens=tokens, eval_tokens=tokens // 2, warmup_tokens=tokens // 10,
     )
-    if fit:  # other configurations than the held-out run's: another seed, and no baselines (it has those)
-        config = replace(config, sampler=replace(config.sampler, seed=config.sampler.seed + 1),
-                         baselines=BaselinesConfig(enabled=False))
     run_study(config, progress=False, log=lambda msg: None)
     return optuna.load_study(study_name=config.name, storage=config.storage)
 
@@ -198,25 +173,15 @@ def trial_rows(study) -> list[dict]:
         a = t.user_attrs
         if not a.get("allocated") or "reused_from" in a or not a.get("peak_mem_mib"):
             continue
-        mc, tc = ModelConfig.from_dict(a["model_config"]), TrainConfig.from_dict(a["train_config"])
-        model = forecast_parts(mc, tc, "cpu", baseline_bytes=0)["peak"]
+        tc = TrainConfig.from_dict(a["train_config"])
+        model = forecast_parts(ModelConfig.from_dict(a["model_config"]), tc, "cpu", baseline_bytes=0)["peak"]
         forecast, measured = a["forecast_peak_mib"] * 2**20, a["peak_mem_mib"] * 2**20
         rows.append({
-            "trial": t.number, "key": a["config_key"], "heads": a["heads"], "params": a["n_params"], "B": tc.batch_size,
-            "V": mc.vocab_size, "mc": mc, "tc": tc, "baseline": forecast - model, "model": model, "forecast": forecast,
+            "trial": t.number, "heads": a["heads"], "params": a["n_params"], "B": tc.batch_size,
+            "V": a["model_config"]["vocab_size"], "baseline": forecast - model, "model": model, "forecast": forecast,
             "measured": measured, "error": forecast / measured - 1,
         })
     return rows
-
-
-def fit_step_slack(rows: list[dict]) -> float:
-    """The STEP_SLACK (to 0.01) whose forecasts of `rows` keep the widest margin to BAND."""
-    def worst(slack: float) -> float:
-        with mock.patch.object(memory, "STEP_SLACK", slack):
-            errs = [(r["baseline"] + forecast_parts(r["mc"], r["tc"], "cpu", baseline_bytes=0)["peak"]) / r["measured"] - 1 for r in rows]
-        return max(min(errs) / BAND[0], max(errs) / BAND[1])
-
-    return min((round(1 + i / 100, 2) for i in range(101)), key=worst)
 
 
 if __name__ == "__main__":
