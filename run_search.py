@@ -207,6 +207,11 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, metavar="N", help="export trial number N (default: the best)")
     which.add_argument("--top", type=int, metavar="K", help="export the K best trials into OUT/rank1-trialN, ...")
+    which.add_argument("--pareto", action="store_true",
+                       help="multi-objective study: export every trial on the Pareto front into OUT/pareto1-trialN, ... (best val_bpc first)")
+    which.add_argument("--max-cost", type=float, metavar="X",
+                       help="multi-objective study: export the best val_bpc whose cost is at most X (1.0 = the reference model's)")
+    p.add_argument("--cost", metavar="NAME", help="the cost --max-cost limits, where the study has two (train_cost or decode_cost)")
     p.add_argument("--out", metavar="DIR", help="export folder (default exports/NAME)")
     p.add_argument("--runs", default="runs", metavar="DIR", help="where the printed training commands write (default %(default)s)")
 
@@ -214,11 +219,18 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> int:
     from search import export_trials
 
-    for e in export_trials(args.storage, args.study, args.out or f"exports/{args.study}", trial=args.trial, top=args.top, runs=args.runs):
+    exported = export_trials(args.storage, args.study, args.out or f"exports/{args.study}", trial=args.trial, top=args.top,
+                             pareto=args.pareto, max_cost=args.max_cost, cost=args.cost, runs=args.runs)
+    for i, e in enumerate(exported):
         value = f"val_bpc {e.value:.4f}" if e.value is not None else "no final value"
+        value += "".join(f", {name} {c:.3f}" for name, c in e.costs.items())
         if e.evidence is not None:
             v = e.evidence
-            value = (f"validated winner: val_bpc {v.interval.text()} (95% interval, seeds {', '.join(map(str, v.seeds))}); "
+            costs = "".join(f", {name} {c.text(3)}" for name, c in v.costs.items())
+            label = "validated winner" if i == 0 and not args.pareto else "validated"
+            if args.max_cost is not None:
+                label += f" within {args.cost or 'cost'} <= {args.max_cost:g}"
+            value = (f"{label}: val_bpc {v.interval.text()}{costs} (95% interval, seeds {', '.join(map(str, v.seeds))}); "
                      f"its search value was {e.value:.4f}")
         print(f"exported trial {e.trial_number} ({value}) to {e.folder}")
         if e.replaced is not None:

@@ -10,6 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "config": ["ModelConfig", "TrainConfig"],
+    "cost": ["Cost", "measure_cost"],
     "errors": ["ConfigError", "DataError", "MFHAError", "TrainingDiverged"],
     "heads": ["HeadSpec", "explicit", "fractal", "geometric", "uniform"],
     "memory": ["estimate_training_peak", "measure_training_peak"],
@@ -18,7 +19,7 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "ModelConfig", "TrainConfig", "GPT", "count_parameters", "estimate_training_peak", "measure_training_peak",
+    "ModelConfig", "TrainConfig", "GPT", "Cost", "measure_cost", "count_parameters", "estimate_training_peak", "measure_training_peak",
     "HeadSpec", "uniform", "fractal", "geometric", "explicit",
     "MFHAError", "ConfigError", "DataError", "TrainingDiverged",
 ]

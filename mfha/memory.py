@@ -303,7 +303,7 @@ def _child_main() -> None:
 
 def _train_steps(mc: ModelConfig, tc: TrainConfig, device: str, *, steps: int) -> None:
     """mfha.train's step on random tokens: forward with targets, backward, clip, AdamW, zero_grad."""
-    from mfha.optim import make_optimizer  # the trainer's own optimizer: param groups, fused on CUDA
+    from mfha.optim import make_optimizer, optimizer_step  # the trainer's own optimizer and step
 
     torch.manual_seed(tc.seed)
     model = GPT(mc).to(device)
@@ -315,11 +315,7 @@ def _train_steps(mc: ModelConfig, tc: TrainConfig, device: str, *, steps: int) -
             # bound like the trainer's `_, loss = ...`: the logits live on through the optimizer step
             # and the next step's forward, until the name is bound again
             logits, loss = model(x, y)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model, opt, loss, tc.grad_clip)
 
 
 def vm_status(field: str) -> int | None:

@@ -1,4 +1,4 @@
-"""The optimizer every training run uses (the trainer's, and the memory measurement's steps)."""
+"""The optimizer every training run uses, and its step (the trainer's, the memory measurement's, the cost's)."""
 from __future__ import annotations
 
 import torch
@@ -17,4 +17,13 @@ def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.o
     return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=device.type == "cuda")
 
 
-__all__ = ["make_optimizer"]
+def optimizer_step(model: GPT, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+    """Backward, clip the gradient norm (grad_clip 0: no clipping), step, and drop the gradients."""
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+__all__ = ["make_optimizer", "optimizer_step"]

@@ -22,7 +22,7 @@ from mfha.data import TokenizedData, load_data
 from mfha.errors import ConfigError, MFHAError, TrainingDiverged
 from mfha.memory import vm_status
 from mfha.model import GPT
-from mfha.optim import make_optimizer
+from mfha.optim import make_optimizer, optimizer_step
 from mfha.tokenizer import Tokenizer
 
 OnEval = Callable[[int, dict], bool | None]
@@ -83,7 +83,7 @@ def evaluate_windows(model: GPT, x: torch.Tensor, y: torch.Tensor, n_chars: int,
     total_nats = 0.0
     for i in range(0, x.size(0), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        with _autocast(device):
+        with autocast_for(device):
             logits, _ = model(xb)
         total_nats += torch.nn.functional.cross_entropy(
             logits.float().flatten(0, 1), yb.flatten(), reduction="sum"
@@ -93,7 +93,8 @@ def evaluate_windows(model: GPT, x: torch.Tensor, y: torch.Tensor, n_chars: int,
     return {"val_loss": val_loss, "val_bpc": total_nats / math.log(2) / n_chars, "perplexity": math.exp(min(val_loss, 50.0))}
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA; on the CPU a no-op context (fp32 throughout)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
@@ -162,13 +163,9 @@ def train(
             group["lr"] = lr
         x, y = data.batch(tc.batch_size, tc.seq_len, generator)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device):
+        with autocast_for(device):
             _, loss = step_fn(x, y)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, loss, tc.grad_clip)
         loss_sum += loss.detach()
         step += 1
         window_steps += 1

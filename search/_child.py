@@ -5,7 +5,7 @@ starts in milliseconds. `serve` is the same process started ahead of time: it lo
 data and then waits for its configuration, so the next trial starts with nothing left to load.
 Messages to the parent:
     ("eval", step, metrics)   then waits for "continue" or "stop"
-    ("done", result)          result: history, steps, stopped_early, train_s, model_config
+    ("done", result)          result: history, steps, stopped_early, train_s, model_config, cost
     ("error", kind, message)  kind: oom | diverged | config | crash
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from mfha.config import ModelConfig, TrainConfig
+from mfha.cost import measure_cost
 from mfha.data import load_data
 from mfha.errors import MFHAError, TrainingDiverged
 from mfha.heads import uniform
@@ -142,9 +143,14 @@ def _train(conn: Connection, request: dict[str, Any], loaded: dict) -> tuple:
     result = train(mc, tc, data=data, on_eval=on_eval)
     # the waits for the study process's report and pruning decision are search overhead, not training
     train_s = time.perf_counter() - t0 - waited
+    cost = {}
+    if request.get("cost") and not result.stopped_early:
+        # in this process: the trial's own device, threads and shape, and the same neighbours as its training
+        for kind in request["cost"]["kinds"]:
+            cost[kind] = measure_cost(result.model_config, tc, kind, seconds=request["cost"]["seconds"]).to_dict()
     return ("done", {
         "history": result.history, "steps": result.steps, "stopped_early": result.stopped_early,
-        "train_s": train_s, "model_config": result.model_config.to_dict(),
+        "train_s": train_s, "model_config": result.model_config.to_dict(), "cost": cost,
     })
 
 

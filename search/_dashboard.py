@@ -145,7 +145,11 @@ def study_note(config: StudyConfig, *, vocab_sizes: dict, memory_limit: int | No
         f"- **sampler**: {config.sampler.kind}, seed {config.sampler.seed}, multivariate {config.sampler.multivariate}",
         f"- **full training** (export): {json.dumps(config.full_training) if config.full_training else 'as the trial'}",
         "",
-        "Objective: validation bits per character (lower is better), reported at every evaluation.",
+        "Objective: validation bits per character (lower is better), reported at every evaluation."
+        if len(config.objectives) == 1 else
+        f"Objectives: {', '.join(config.objectives)}. val_bpc: validation bits per character, reported at every evaluation "
+        f"(the loss pruner judges this curve). A cost: the model's seconds per token over a fixed reference model's, "
+        f"timed beside it in the trial's process after training (mfha/cost.py; 1.0 = the reference, lower is faster).",
     ]
     return "\n".join(lines)
 

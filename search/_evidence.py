@@ -47,6 +47,7 @@ class Validated:
     interval: Interval
     tokens_per_s: float | None  # mean over the validation trials
     trials: list[int] = field(default_factory=list)  # validation trial numbers
+    costs: dict[str, Interval] = field(default_factory=dict)  # multi-objective: "train_cost" -> mean ± interval over the seeds
     curves: dict[int, dict[int, float]] = field(default_factory=dict)  # seed -> {step: val_bpc}
 
     @property
@@ -57,6 +58,7 @@ class Validated:
 def validated(search: optuna.Study, validation: optuna.Study) -> list[Validated]:
     """Every configuration with at least one COMPLETE validation trial, best validated mean first."""
     by_number = {t.number: t for t in search.get_trials(deepcopy=False)}
+    names = validation.metric_names or ["val_bpc"]
     groups: dict[int, list[FrozenTrial]] = {}
     for t in validation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "source_trial" in t.user_attrs:
@@ -75,12 +77,13 @@ def validated(search: optuna.Study, validation: optuna.Study) -> list[Validated]
         rows.append(Validated(
             source_trial=source, heads=a.get("heads", ""), family=a.get("family", ""),
             mixed=mixes_sizes(a["model_config"]), role=a.get("role"), n_params=a.get("n_params", 0),
-            search_value=src.value if src is not None and src.state == TrialState.COMPLETE else None,
-            seeds=[t.user_attrs["seed"] for t in unique], values=[t.value for t in unique],
-            interval=mean_interval([t.value for t in unique]),
+            search_value=src.values[0] if src is not None and src.state == TrialState.COMPLETE else None,
+            seeds=[t.user_attrs["seed"] for t in unique], values=[t.values[0] for t in unique],
+            interval=mean_interval([t.values[0] for t in unique]),
             tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
             trials=[t.number for t in unique],
             curves={t.user_attrs["seed"]: dict(sorted(t.intermediate_values.items())) for t in unique},
+            costs={name: mean_interval([t.values[i] for t in unique]) for i, name in enumerate(names) if i > 0},
         ))
     rows.sort(key=lambda r: (r.mean, r.source_trial))
     return rows

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from difflib import get_close_matches
 from pathlib import Path
 
@@ -31,6 +31,7 @@ class Exported:
     check_command: str  # the trial's own training, to reproduce its val_bpc first
     evidence: Validated | None = None  # its validation over fresh seeds, when it was the basis of the pick
     replaced: str | None = None  # the earlier export this one overwrote, e.g. "trial 3 of study 'smoke'"
+    costs: dict[str, float] = field(default_factory=dict)  # a multi-objective study's search costs, by name
 
 
 def open_study(storage_url: str, name: str) -> optuna.Study:
@@ -44,20 +45,37 @@ def open_study(storage_url: str, name: str) -> optuna.Study:
 
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials, best (lowest val_bpc) first."""
+    """COMPLETE trials, best (lowest val_bpc, the first objective) first."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(done, key=lambda t: (t.value, t.number))
+    return sorted(done, key=lambda t: (t.values[0], t.number))
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """What the study minimizes: ["val_bpc"], or ["val_bpc", "train_cost"] (a multi-objective study)."""
+    return list(study.metric_names or ["val_bpc"])
 
 
 def export_trials(storage_url: str, name: str, out: str | Path, *, trial: int | None = None, top: int | None = None,
+                  pareto: bool = False, max_cost: float | None = None, cost: str | None = None,
                   runs: str | Path = "runs") -> list[Exported]:
-    """Write model_config.json, train_config.json (full-training length), tokenizer settings and trial.json."""
-    if trial is not None and top is not None:
-        raise ConfigError("pass --trial N or --top K, not both.")
+    """Write model_config.json, train_config.json (full-training length), tokenizer settings and trial.json.
+
+    One of: the best (validated, when the study was validated), `trial` N, the `top` K, every trial on
+    the Pareto front (`pareto`), or the best val_bpc whose `cost` is at most `max_cost`.
+    """
+    chosen = [flag for flag, v in (("--trial", trial), ("--top", top), ("--pareto", pareto or None), ("--max-cost", max_cost)) if v is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"pass one of --trial, --top, --pareto and --max-cost, but got {' and '.join(chosen)}.")
     if top is not None and top < 1:
         raise ConfigError(f"--top must be a positive integer, but got {top=}.")
+    if max_cost is not None and not (isinstance(max_cost, (int, float)) and max_cost > 0 and max_cost != float("inf")):
+        raise ConfigError(f"--max-cost must be a positive number (a cost ratio, 1.0 = the reference model), but got {max_cost=}.")
     study = open_study(storage_url, name)
     out = Path(out)
+    if pareto or max_cost is not None:
+        return _export_tradeoff(study, out, Path(runs), pareto=pareto, max_cost=max_cost, cost=cost)
+    if cost is not None:
+        raise ConfigError("--cost names the cost that --max-cost limits; pass --max-cost too, or drop --cost.")
     if trial is not None:
         found = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
         if not found:
@@ -75,6 +93,52 @@ def export_trials(storage_url: str, name: str, out: str | Path, *, trial: int | 
     folders = [out] if top is None else [out / f"rank{i + 1}-trial{t.number}" for i, t in enumerate(ranks)]
     return _export_all(study, [(folder, t, evidence[i] if evidence else None) for i, (folder, t) in enumerate(zip(folders, ranks))],
                        Path(runs))
+
+
+def _export_tradeoff(study: optuna.Study, out: Path, runs: Path, *, pareto: bool, max_cost: float | None,
+                     cost: str | None) -> list[Exported]:
+    """--pareto: every trial on the Pareto front, best val_bpc first; --max-cost: the best val_bpc within the limit."""
+    names = objective_names(study)
+    flag = "--pareto" if pareto else "--max-cost"
+    if len(names) == 1:
+        raise ConfigError(f"{flag} needs a study with a cost objective (study.objectives = [\"val_bpc\", \"train_cost\"]), "
+                          f"but study {study.study_name!r} minimizes val_bpc alone; export its best with no flag.")
+    if pareto:
+        front = sorted(study.best_trials, key=lambda t: (t.values[0], t.number))
+        if cost is not None:
+            raise ConfigError("--cost names the cost that --max-cost limits; drop it with --pareto.")
+        if not front:
+            raise ConfigError(f"study {study.study_name!r} has no COMPLETE trial to export yet; run it longer.")
+        evidence = {v.source_trial: v for v in _validated(study)}
+        picks = [(out / f"pareto{i + 1}-trial{t.number}", t, evidence.get(t.number)) for i, t in enumerate(front)]
+        return _export_all(study, picks, runs)
+    costs = names[1:]
+    if cost is None and len(costs) > 1:
+        raise ConfigError(f"--max-cost needs --cost: study {study.study_name!r} has the costs {', '.join(costs)}; pass --cost {costs[0]}, say.")
+    cost = cost or costs[0]
+    if cost not in costs:
+        raise ConfigError(f"--cost must be one of the study's costs ({', '.join(costs)}), but got --cost {cost!r}.")
+    i = names.index(cost)
+    # validated means over fresh seeds, when the study was validated: the cost too is then a mean
+    evidence = [v for v in _validated(study) if cost in v.costs]
+    if evidence:
+        within = [v for v in evidence if v.costs[cost].mean <= max_cost]
+        if not within:
+            cheapest = min(evidence, key=lambda v: v.costs[cost].mean)
+            raise ConfigError(f"no validated configuration has {cost} <= {max_cost:g} (the cheapest, trial {cheapest.source_trial}, "
+                              f"has {cheapest.costs[cost].mean:.3f}); raise --max-cost.")
+        best = within[0]  # validated() sorts by mean val_bpc
+        t = next(t for t in study.get_trials(deepcopy=False) if t.number == best.source_trial)
+        return _export_all(study, [(out, t, best)], runs)
+    done = ranked(study)
+    if not done:
+        raise ConfigError(f"study {study.study_name!r} has no COMPLETE trial to export yet; run it longer.")
+    within = [t for t in done if t.values[i] <= max_cost]
+    if not within:
+        cheapest = min(done, key=lambda t: (t.values[i], t.number))
+        raise ConfigError(f"no COMPLETE trial has {cost} <= {max_cost:g} (the cheapest, trial {cheapest.number}, has "
+                          f"{cheapest.values[i]:.3f}); raise --max-cost.")
+    return _export_all(study, [(out, within[0], None)], runs)
 
 
 def _export_all(study: optuna.Study, picks: list[tuple[Path, FrozenTrial, Validated | None]], runs: Path) -> list[Exported]:
@@ -141,8 +205,10 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, e
         "note": "mfha.train retrains this tokenizer from the same slice (deterministic; cached)",
     }
     (folder / "tokenizer_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    names = objective_names(study)
     record = {
-        "study": study.study_name, "number": t.number, "state": t.state.name, "value": t.value,
+        "study": study.study_name, "number": t.number, "state": t.state.name, "value": t.values[0] if t.values else None,
+        "values": dict(zip(names, t.values)) if t.values else None,
         "params": t.params, "user_attrs": t.user_attrs,
         "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
@@ -153,7 +219,8 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, e
     if evidence is not None:
         iv = evidence.interval
         record["validation"] = {"mean": iv.mean, "low": iv.low, "high": iv.high, "confidence": 0.95, "seeds": evidence.seeds,
-                                "values": evidence.values, "study": study.study_name + ".validation"}
+                                "values": evidence.values, "study": study.study_name + ".validation",
+                                **{name: {"mean": c.mean, "low": c.low, "high": c.high} for name, c in evidence.costs.items()}}
     (folder / "trial.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     run_name = folder.name if folder.name else "export"
     q = lambda p: shlex.quote(str(p))  # noqa: E731
@@ -166,16 +233,25 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, e
     configs = (f"--from {q(folder)} --max-steps {steps}" if same else
                f"--model-config {q(folder / 'model_config.json')} --train-config {q(folder / 'trial_train_config.json')}")
     check = f"python -m mfha.train {configs}{threads} --out {q(runs / (run_name + '-check'))}"
-    return Exported(folder, t.number, t.value, command, check, evidence)
+    return Exported(folder, t.number, t.values[0] if t.values else None, command, check, evidence,
+                    costs=dict(zip(names[1:], t.values[1:])) if t.values else {})
 
 
 COLUMNS = ["number", "state", "val_bpc", "validated", "role", "n_params", "n_layers", "dim", "heads", "family", "mlp_mult", "lr",
            "batch_size", "tokens_per_s", "peak_mem_mib", "forecast_peak_mib", "duration_s", "reason"]
 
 
+def columns(study: optuna.Study) -> list[str]:
+    """COLUMNS, with a multi-objective study's costs (search and validated) after val_bpc."""
+    costs = objective_names(study)[1:]
+    i = COLUMNS.index("validated") + 1
+    return COLUMNS[:i] + costs + [f"validated_{c}" for c in costs] + COLUMNS[i:]
+
+
 def trial_rows(study: optuna.Study) -> list[dict]:
     """One row per trial, the columns a person compares trials by (COLUMNS)."""
     rows = []
+    costs = objective_names(study)[1:]
     evidence = {v.source_trial: v for v in _validated(study)}
     for t in study.get_trials(deepcopy=False):
         a, p = t.user_attrs, t.params
@@ -183,7 +259,9 @@ def trial_rows(study: optuna.Study) -> list[dict]:
         last = t.intermediate_values[t.last_step] if t.last_step is not None else None
         rows.append({
             "number": t.number, "state": t.state.name,
-            "val_bpc": t.value if t.state == TrialState.COMPLETE else last,
+            "val_bpc": t.values[0] if t.state == TrialState.COMPLETE else last,
+            **{name: a.get(name) for name in costs},
+            **{f"validated_{name}": v.costs[name].text(3) if v is not None and name in v.costs else None for name in costs},
             # the mean over the validation seeds ± its 95% interval, and how many seeds
             "validated": f"{v.interval.text()} ({v.interval.n})" if v is not None else None, "role": a.get("role"),
             "n_params": a.get("n_params"), "n_layers": p.get("n_layers"), "dim": p.get("dim"),
@@ -202,7 +280,8 @@ def validated_table(storage_url: str, name: str) -> str:
     """The validated configurations, best mean first: the answer of `validate`."""
     study = open_study(storage_url, name)
     rows = [{"rank": i + 1, "trial": v.source_trial, "heads": v.heads, "family": v.family, "role": v.role,
-             "n_params": v.n_params, "validated": v.interval.text(), "seeds": " ".join(map(str, v.seeds)),
+             "n_params": v.n_params, "validated": v.interval.text(), **{name: c.text(3) for name, c in v.costs.items()},
+             "seeds": " ".join(map(str, v.seeds)),
              "search_val_bpc": v.search_value, "tokens_per_s": round(v.tokens_per_s) if v.tokens_per_s else None}
             for i, v in enumerate(_validated(study))]
     if not rows:
@@ -215,7 +294,7 @@ def trials_frame(study: optuna.Study):
     """`trial_rows` as a pandas DataFrame."""
     import pandas as pd
 
-    return pd.DataFrame(trial_rows(study), columns=COLUMNS)
+    return pd.DataFrame(trial_rows(study), columns=columns(study))
 
 
 def show(storage_url: str, name: str, *, top: int = 10, csv: str | Path | None = None) -> str:
@@ -229,11 +308,11 @@ def show(storage_url: str, name: str, *, top: int = 10, csv: str | Path | None =
     study = open_study(storage_url, name)
     rows = trial_rows(study)
     if csv is not None:
-        _write_csv(csv, rows)
+        _write_csv(csv, rows, columns(study))
     if not rows:
         return f"study {name!r} has no trials yet."
     rows.sort(key=lambda r: (r["state"] != "COMPLETE", r["val_bpc"] is None, r["val_bpc"] or 0.0, r["number"]))
-    return format_table(rows[:top], COLUMNS)
+    return format_table(rows[:top], columns(study))
 
 
 def format_table(rows: list[dict], columns: list[str], *, max_width: int = 48) -> str:
@@ -253,12 +332,12 @@ def format_table(rows: list[dict], columns: list[str], *, max_width: int = 48) -
     return "\n".join(lines)
 
 
-def _write_csv(path: str | Path, rows: list[dict]) -> None:
+def _write_csv(path: str | Path, rows: list[dict], fieldnames: list[str]) -> None:
     import csv as csv_module
 
     try:
         with open(path, "w", newline="") as f:
-            writer = csv_module.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv_module.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
     except OSError as e:
@@ -277,10 +356,10 @@ def studies_frame(storage_url: str):
         rows.append({
             "study": summary.study_name, "trials": len(states),
             **{s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)},
-            "best_val_bpc": best.value if best else None, "best_trial": best.number if best else None,
+            "best_val_bpc": best.values[0] if best else None, "best_trial": best.number if best else None,
             "started": summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else None,
         })
     return pd.DataFrame(rows)
 
 
-__all__ = ["export_trials", "show", "format_table", "trial_rows", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"]
+__all__ = ["export_trials", "objective_names", "columns", "show", "format_table", "trial_rows", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"]

@@ -5,9 +5,10 @@ Optuna builds one mapped ORM object per stored row: about 35,000 for 1,000 trial
 (params, user attrs, artifact records, intermediate values), 3-5 s on a 2-core machine. The same
 rows through Core queries, with each distribution JSON parsed once, make identical `FrozenTrial`s
 several times faster. Only `_get_trials` (the bulk read behind `get_all_trials` and the cached
-storage's refresh) is replaced; every write and single-trial read is Optuna's own, and
+storage's refresh) is replaced; every write and single-trial read is Optuna's own, except two:
 `set_trial_user_attrs` writes several user attrs through Optuna's own upsert in one transaction
-(a trial records about 15: one commit each cost 4 ms on SQLite).
+(a trial records about 15: one commit each cost 4 ms on SQLite), and taking a queued trial
+(WAITING -> RUNNING) is one conditional UPDATE (see `set_trial_state_values`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 # Optuna 5 stores naive UTC and shows naive local time; earlier versions store what they show
 _UTC_COLUMNS = hasattr(models.TrialModel, "_datetime_start_utc")
@@ -86,6 +87,22 @@ class FastReadRDBStorage(RDBStorage):
                 trial_id=trial_id,
             ))
         return out
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        """Optuna's, except that a queued trial is taken (WAITING -> RUNNING) by one UPDATE ... WHERE
+        state = 'WAITING': Optuna reads the state and then writes it, which SQLite does not lock
+        (`SELECT ... FOR UPDATE` is PostgreSQL's), so two `--workers` that popped the queue at the same
+        moment both got the same trial and trained it twice; the second to finish then failed with
+        "Cannot tell a COMPLETE trial". Here exactly one of them gets it, the other takes the next."""
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        now = datetime.datetime.now()
+        start = now.astimezone(datetime.timezone.utc).replace(tzinfo=None) if _UTC_COLUMNS else now
+        trials = models.TrialModel.__table__
+        with self.engine.begin() as conn:
+            taken = conn.execute(update(trials).where(trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING)
+                                 .values(state=TrialState.RUNNING, datetime_start=start))
+        return taken.rowcount == 1
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """`set_trial_user_attr` for every item, committed once."""

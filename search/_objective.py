@@ -31,7 +31,7 @@ from search._child import serve
 from search._dashboard import upload_trial_artifacts, write_config_files, write_result_files
 from search._evidence import BASELINE
 from search._fast_storage import FastReadRDBStorage
-from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
+from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner, val_bpc_view
 from search._space import Candidate, Infeasible, SearchSpace
 from search._study_file import StudyConfig
 
@@ -80,7 +80,8 @@ def config_key(model_config: ModelConfig, train_config: TrainConfig) -> str:
 
 
 class Objective:
-    """Callable for `study.optimize`: returns the final validation bits/char of one trial.
+    """Callable for `study.optimize`: returns the final validation bits/char of one trial, and in a
+    multi-objective study its costs too (`config.objectives`: val_bpc, then train_cost / decode_cost).
 
     `propose` turns a trial into a Candidate (default: the search space samples one); validation
     passes its own, which retrains a stored configuration with another seed. `reuse`: a trial whose
@@ -105,6 +106,8 @@ class Objective:
         p = config.pruning
         # Optuna's median and percentile pruners never prune before n_warmup_steps
         self.no_prune_before = p.warmup_steps if p.pruner in ("median", "percentile") else 0
+        self.objectives = config.objectives
+        self.multi = len(self.objectives) > 1
         self.extra_attrs: dict[str, Any] = {}  # written on every trial with its own attrs
         # raises a pending Ctrl-C / SIGTERM where no storage write is under way (set by the runner)
         self.check_interrupt: Callable[[], None] = lambda: None
@@ -114,7 +117,7 @@ class Objective:
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)  # no effect once start_forkserver() has run
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.current_trial_id = trial._trial_id
         self.current_trial_number = trial.number
         self._train_s = 0.0
@@ -125,7 +128,7 @@ class Objective:
             self.train_s += self._train_s
             self.overhead_s += time.perf_counter() - t0 - self._train_s
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
         try:
             cand = self.propose(trial)
         except Infeasible as e:
@@ -140,29 +143,46 @@ class Objective:
         trial.set_user_attr(FORECAST_ATTR, round(forecast / MIB, 1))
         attrs = {**cand.attrs, "config_key": key, "model_config": mc.to_dict(), "train_config": tc.to_dict(), **self.extra_attrs}
         # the composed pruner sees the forecast before anything is allocated
-        if trial.should_prune():
+        if self._should_prune(trial):
             reason = self.pruner.forecast_verdict(forecast / MIB) or "pruned before allocation"
             _set_attrs(trial, **attrs, allocated=False, prune_kind="memory_forecast", prune_reason=reason)
             self._upload(trial, lambda folder: write_config_files(folder, mc, tc))
             raise optuna.TrialPruned(reason)
         return self._train_in_child(trial, cand, attrs)
 
-    def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> float:
+    def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> float | list[float]:
         for step, v in sorted(earlier.intermediate_values.items()):
-            trial.report(v, step)
+            self._report(trial, v, step)
         keep = {k: v for k, v in earlier.user_attrs.items() if k not in ("reused_from", "role")}
         _set_attrs(trial, **keep, reused_from=earlier.number)
         if earlier.state == TrialState.COMPLETE:
-            return earlier.value
+            return earlier.values if self.multi else earlier.value
         reason = f"same configuration as trial {earlier.number}: {earlier.user_attrs.get('prune_reason', 'pruned')}"
         trial.set_user_attr("prune_reason", reason)
         raise optuna.TrialPruned(reason)
 
-    def _train_in_child(self, trial: optuna.Trial, cand: Candidate, attrs: dict[str, Any]) -> float:
+    def _report(self, trial: optuna.Trial, value: float, step: int) -> None:
+        """An intermediate val_bpc; in a multi-objective study (whose `Trial.report` Optuna refuses)
+        written to the storage directly, as the pruners' val_bpc view reads it (search/_pruners.py)."""
+        if not self.multi:
+            trial.report(value, step)
+            return
+        trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        trial._cached_frozen_trial.intermediate_values[step] = value
+
+    def _should_prune(self, trial: optuna.Trial) -> bool:
+        if not self.multi:
+            return trial.should_prune()
+        # the study's own pruner, as Trial.should_prune asks (a validation study's never prunes for loss)
+        return trial.study.pruner.prune(val_bpc_view(trial.study), trial.storage.get_trial(trial._trial_id))
+
+    def _train_in_child(self, trial: optuna.Trial, cand: Candidate, attrs: dict[str, Any]) -> float | list[float]:
         mc, tc = cand.model_config, cand.train_config
         s = self.settings
         # threads per trial: the process was started ahead, and the run's share of the cores may have changed since
         request = {"model_config": mc.to_dict(), "train_config": tc.to_dict(), "threads": s.threads}
+        if self.config.cost_kinds:
+            request["cost"] = {"kinds": list(self.config.cost_kinds), "seconds": self.config.cost_seconds}
         if self.progress is not None:
             self.progress.trial_started(trial.number, tc.max_steps, f"{cand.attrs['heads']} ({cand.attrs['n_params']:,} params)")
         self._reap()
@@ -213,10 +233,10 @@ class Objective:
                         # the last evaluation (nothing left to save: a trial that trained to the end is
                         # COMPLETE), one in the pruner's warm-up, or a baseline's: the child need not wait for us
                         parent_conn.send("continue")
-                        trial.report(metrics["val_bpc"], at)
+                        self._report(trial, metrics["val_bpc"], at)
                     else:
-                        trial.report(metrics["val_bpc"], at)
-                        stop = trial.should_prune()
+                        self._report(trial, metrics["val_bpc"], at)
+                        stop = self._should_prune(trial)
                         parent_conn.send("stop" if stop else "continue")
                         if stop:
                             loss_reason = self.pruner.loss_reason(trial.study, trial.number, at, metrics["val_bpc"])
@@ -314,7 +334,7 @@ class Objective:
         return self.pruner.measured_verdict(rss, step, limit=self.settings.ram_limit, name="RAM")
 
     def _finish(self, trial: optuna.Trial, cand: Candidate, outcome: tuple, history: list[dict],
-                peak_rss: int, loss_reason: str | None, exitcode: int | None) -> float:
+                peak_rss: int, loss_reason: str | None, exitcode: int | None) -> float | list[float]:
         mc = cand.model_config
         result = outcome[1] if outcome[0] == "done" else {}
         train_s = self._train_s = result.get("train_s", 0.0)
@@ -349,8 +369,16 @@ class Objective:
             why = outcome[2] if outcome[0] == "error" else f"the trial process exited with code {exitcode} without a result"
             _set_attrs(trial, **final, fail_reason=why)
             raise TrialFailed(f"trial {trial.number} failed: {why}")
+        costs = result.get("cost", {})
+        for kind, c in costs.items():
+            # the ratio is the objective; the raw speeds beside it show how much the machine's load moved
+            final[f"{kind}_cost"] = round(c["ratio"], 4)
+            final[f"{kind}_cost_detail"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items() if k != "kind"}
         _set_attrs(trial, **final)
-        return float(history[-1]["val_bpc"])
+        value = float(history[-1]["val_bpc"])
+        if not self.multi:
+            return value
+        return [value, *(final[f"{kind}_cost"] for kind in self.config.cost_kinds)]
 
     def _upload(self, trial: optuna.Trial, write: Callable[[Path], list[Path]]) -> None:
         if self.settings.artifacts is None:

@@ -3,9 +3,9 @@ summary and report.json (every figure the page states).
 
 It reads the search study NAME and its validation study NAME.validation and nothing else. Means,
 intervals and differences come from `search._evidence` and `search._stats` (the numbers `show` and
-`export` agree on); importances and three charts come from Optuna's importance and matplotlib
-visualization APIs; only what neither draws (validated means with their intervals, mean validation
-curves) is drawn here. Nothing here imports torch.
+`export` agree on); importances and three charts (four in a multi-objective study: the Pareto front)
+come from Optuna's importance and matplotlib visualization APIs; only what neither draws (validated
+means with their intervals, mean validation curves) is drawn here. Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -16,20 +16,21 @@ import json
 import math
 import re
 import shlex
+import statistics
 import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mfha.errors import ConfigError
 from search._evidence import BASELINE, Validated, load_validation, mixes_sizes, validated
-from search._export import open_study
-from search._stats import CONFIDENCE, difference_interval
+from search._export import objective_names, open_study
+from search._stats import CONFIDENCE, Interval, difference_interval
 from search._storage import make_storage, mask_url
 from search._study_file import DEFAULT_STORAGE
 
@@ -41,6 +42,8 @@ MIN_TRIALS_FOR_IMPORTANCE = 3
 MANY_SEEDS = 30  # beyond this a projected seed count is no advice: the difference is lost in the seed spread
 MANY_CURVES = 20  # above this many trials the intermediate-values legend would hide the chart
 DIGITS = 4  # bits/char are printed to 4 decimals everywhere (page, summary.md); report.json keeps full precision
+COST_DIGITS = 3  # costs (ratios to the reference model) to 3
+COST_MEANING = "ratio to the fixed reference model's seconds per token; lower is faster"
 
 
 @dataclass
@@ -71,7 +74,7 @@ def write_report(storage_url: str, name: str, out: str | Path) -> Report:
     _write(files[0], render_html(facts, blocks))
     _write(files[1], render_markdown(blocks))
     _write(files[2], json.dumps(facts, indent=2) + "\n")
-    return Report(folder, files, facts["verdict"]["sentence"])
+    return Report(folder, files, _verdict_text(facts["verdict"]))
 
 
 def _make_folder(out: str | Path) -> Path:
@@ -97,6 +100,9 @@ def gather(study: optuna.Study, validation: optuna.Study | None, rows: list[Vali
     vtrials = validation.get_trials(deepcopy=False) if validation is not None else []
     why = {int(p["source_trial"]): list(p.get("why", [])) for p in (validation.user_attrs.get("selection", []) if validation else [])}
     setup = _setup(study, trials)
+    names = objective_names(study)
+    # keys a single-objective report lacks stay out of it, so its report.json is as it was
+    multi = {"objectives": names, "pareto": _pareto(study, names)} if len(names) > 1 else {}
     return {
         "study": study.study_name,
         "storage": mask_url(storage_url),
@@ -107,11 +113,12 @@ def gather(study: optuna.Study, validation: optuna.Study | None, rows: list[Vali
                                            if t.state == TrialState.PRUNED).items())),
         "compute": _compute(trials, vtrials),
         "memory": _memory(trials),
-        "families": family_rows(trials, rows),
+        **multi,
+        "families": family_rows(trials, rows, names),
         "validated": [_validated_row(r, why.get(r.source_trial, [])) for r in rows],
         "seeds": list(validation.user_attrs.get("seeds", [])) if validation is not None else [],
         "verdict": verdict(study.study_name, trials, validation, rows, storage_url=storage_url),
-        "importances": _importances(study),
+        "importances": _importances(study, names),
         "commands": _commands(study, validation, setup, storage_url, out),
     }
 
@@ -186,31 +193,55 @@ def _memory(trials: list[FrozenTrial]) -> dict[str, Any]:
             "worst_under": under if under and under["error"] < 0 else None}
 
 
-def family_rows(trials: list[FrozenTrial], rows: list[Validated]) -> list[dict[str, Any]]:
+def family_rows(trials: list[FrozenTrial], rows: list[Validated], names: Sequence[str] = ("val_bpc",)) -> list[dict[str, Any]]:
     """One row per head family of the search (baselines apart): its best search value and its best
-    validated configuration; params and tokens/s are the validated configuration's, else the best search trial's."""
+    validated configuration; params and tokens/s are the validated configuration's, else the best search trial's.
+    With costs among the objective `names`, each cost of the family too (see _family_costs)."""
     groups: dict[tuple[str, bool], list[FrozenTrial]] = {}
     for t in trials:
         if t.user_attrs.get("family"):
             groups.setdefault((t.user_attrs["family"], t.user_attrs.get("role") == BASELINE), []).append(t)
     out = []
     for (family, baseline), ts in groups.items():
-        done = sorted((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: (t.value, t.number))
+        done = sorted((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: (t.values[0], t.number))
         best = done[0] if done else None
         numbers = {t.number for t in ts}
         v = next((r for r in rows if r.source_trial in numbers), None)  # rows come best first
         out.append({
             "family": family, "baseline": baseline, "trials": len(ts), "complete": len(done),
-            "best_search_value": best.value if best else None, "best_search_trial": best.number if best else None,
+            "best_search_value": best.values[0] if best else None, "best_search_trial": best.number if best else None,
             "validated_trial": v.source_trial if v else None,
             "heads": v.heads if v else (best.user_attrs.get("heads") if best else None),
             "mean": v.mean if v else None, "low": _finite(v.interval.low) if v else None,
             "high": _finite(v.interval.high) if v else None, "seeds": v.interval.n if v else 0,
             "n_params": v.n_params if v else (best.user_attrs.get("n_params") if best else None),
             "tokens_per_s": v.tokens_per_s if v else (best.user_attrs.get("tokens_per_s") if best else None),
+            **({"costs": _family_costs(done, v, names)} if len(names) > 1 else {}),
         })
     out.sort(key=lambda r: (_last_if_none(r["mean"]), _last_if_none(r["best_search_value"]), r["family"], r["baseline"]))
     return out
+
+
+def _family_costs(done: list[FrozenTrial], v: Validated | None, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per cost: the lowest and the median over the family's COMPLETE search trials (any val_bpc), and
+    the validated configuration's mean over seeds."""
+    out = {}
+    for i, name in enumerate(names[1:], start=1):
+        xs = [t.values[i] for t in done]
+        out[name] = {"lowest": min(xs, default=None), "median": statistics.median(xs) if xs else None,
+                     "validated": _interval(v.costs[name]) if v is not None and name in v.costs else None}
+    return out
+
+
+def _interval(iv: Interval) -> dict[str, float | None]:
+    return {"mean": iv.mean, "low": _finite(iv.low), "high": _finite(iv.high)}
+
+
+def _pareto(study: optuna.Study, names: list[str]) -> list[dict[str, Any]]:
+    """The trials on the Pareto front (Optuna's study.best_trials), best val_bpc first."""
+    return [{"trial": t.number, "heads": t.user_attrs.get("heads"), "family": t.user_attrs.get("family"),
+             "baseline": t.user_attrs.get("role") == BASELINE, "values": dict(zip(names, t.values))}
+            for t in sorted(study.best_trials, key=lambda t: (t.values[0], t.number))]
 
 
 def _last_if_none(x: float | None) -> tuple[bool, float]:
@@ -223,6 +254,7 @@ def _validated_row(r: Validated, why: list[str]) -> dict[str, Any]:
         "baseline": r.role == BASELINE, "why": why, "mean": r.mean, "low": _finite(r.interval.low),
         "high": _finite(r.interval.high), "seeds": r.seeds, "values": r.values, "n_params": r.n_params,
         "tokens_per_s": r.tokens_per_s, "search_value": r.search_value,
+        **({"costs": {name: _interval(c) for name, c in r.costs.items()}} if r.costs else {}),
     }
 
 
@@ -265,7 +297,29 @@ def verdict(name: str, trials: list[FrozenTrial], validation: optuna.Study | Non
         out["status"] = "indistinguishable"
         out["sentence"] = (f"Mixed head sizes and plain multi-head attention are not distinguishable from seed noise at this "
                            f"budget with {seeds}: {pair}; {figures}, which includes 0. {_more_seeds(d, mixed, uniform, validate)}")
+    if mixed.costs:
+        out["costs"], out["cost_sentence"] = _cost_verdict(validation, mixed, uniform)
     return out
+
+
+def _cost_verdict(validation: optuna.Study, mixed: Validated, uniform: Validated) -> tuple[dict[str, Any], str]:
+    """Each cost of the verdict's two sides, with Welch's interval of mixed minus uniform. A seed changes
+    the weights, not the shape, so the spread between seeds here is the spread of the timing itself."""
+    by_number = {t.number: t for t in validation.get_trials(deepcopy=False)}
+    figures, sentences = {}, []
+    for i, name in enumerate(objective_names(validation)[1:], start=1):
+        d = difference_interval([by_number[n].values[i] for n in mixed.trials], [by_number[n].values[i] for n in uniform.trials])
+        status = "mixed" if d.high < 0 else "uniform" if d.low > 0 else "indistinguishable"
+        figures[name] = {"mixed": _interval(mixed.costs[name]), "uniform": _interval(uniform.costs[name]), "difference": d.mean,
+                         "low": _finite(d.low), "high": _finite(d.high), "status": status}
+        tail = {"mixed": f"entirely below 0: the mixed configuration has the lower {name} by more than the spread between measurements",
+                "uniform": f"entirely above 0: the uniform configuration has the lower {name} by more than the spread between measurements",
+                "indistinguishable": f"which includes 0, so these measurements do not tell their {name} apart"}[status]
+        sentences.append(f"On {name} ({COST_MEANING}; measured once per validation seed), the mixed configuration has "
+                         f"{mixed.costs[name].text(COST_DIGITS)} against {uniform.costs[name].text(COST_DIGITS)} for the uniform one: "
+                         f"mixed minus uniform is {d.mean:+.{COST_DIGITS}f}, {CONFIDENCE:.0%} interval "
+                         f"{_span(d.low, d.high, COST_DIGITS)}, {tail}.")
+    return figures, " ".join(sentences)
 
 
 def _side(r: Validated) -> dict[str, Any]:
@@ -320,20 +374,32 @@ def _importance_evaluator():
         return PedAnovaImportanceEvaluator()
 
 
-def _importances(study: optuna.Study) -> dict[str, Any]:
+def _importances(study: optuna.Study, names: Sequence[str]) -> dict[str, Any]:
+    """Importances for val_bpc ("params"); in a multi-objective study also for each cost ("costs")."""
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     method = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator)"
     if n < MIN_TRIALS_FOR_IMPORTANCE:
         return {"method": method, "params": {}, "note": f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} "
                 f"COMPLETE trials, and this study has {n}; run more trials."}
-    with warnings.catch_warnings():
-        # PED-ANOVA warns per conditional param with few trials in a regime (a family's own params);
-        # the report states the trial count instead of printing third-party lines on the terminal
-        warnings.simplefilter("ignore", UserWarning)
-        params = optuna.importance.get_param_importances(study, evaluator=_importance_evaluator())
+    params = _param_importances(study, _objective(names, 0))
     if not params:
         return {"method": method, "params": {}, "note": "No parameter varied across the COMPLETE trials, so none has an importance."}
-    return {"method": method, "params": dict(params), "note": None}
+    costs = {name: _param_importances(study, _objective(names, i)) for i, name in enumerate(names[1:], start=1)}
+    return {"method": method, "params": params, "note": None, **({"costs": costs} if costs else {})}
+
+
+def _param_importances(study: optuna.Study, target: Callable[[FrozenTrial], float] | None) -> dict[str, float]:
+    with warnings.catch_warnings():
+        # PED-ANOVA warns per conditional param with few trials in a regime (a family's own params), and
+        # that a target is minimized; the report states the trial count instead of printing third-party lines
+        warnings.simplefilter("ignore", UserWarning)
+        return dict(optuna.importance.get_param_importances(study, evaluator=_importance_evaluator(), target=target))
+
+
+def _objective(names: Sequence[str], i: int) -> Callable[[FrozenTrial], float] | None:
+    """Optuna's `target` for objective i: a multi-objective study has no single value (FrozenTrial.value
+    raises); a single-objective one passes None, Optuna's own default."""
+    return (lambda t: t.values[i]) if len(names) > 1 else None
 
 
 def _storage_flag(storage_url: str) -> str:
@@ -349,7 +415,7 @@ def _commands(study: optuna.Study, validation: optuna.Study | None, setup: dict[
     validate = f"python run_search.py validate --study {name}{flag}"
     if validation is not None:
         tops = [int(m.group(1)) for p in validation.user_attrs.get("selection", []) for w in p.get("why", [])
-                if (m := re.fullmatch(r"top (\d+)", w))]
+                if (m := re.fullmatch(r"top (\d+)(?: \(Pareto front\))?", w))]
         seeds = validation.user_attrs.get("seeds", [])
         validate += (f" --top {max(tops)}" if tops else "") + (f" --seeds {len(seeds)}" if seeds else "")
     return {
@@ -371,17 +437,24 @@ def draw_charts(study: optuna.Study, rows: list[Validated], facts: dict[str, Any
     complete = facts["trials"]["search"]["COMPLETE"]
     reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
     target = "val_bpc (bits/char)"
+    names = facts.get("objectives", ["val_bpc"])
+    bpc = _objective(names, 0)
+    # Optuna draws no best-so-far line for a target function: several objectives have no single best
+    best = ", and the best so far" if bpc is None else ""
     charts = [
         Chart("history", "Optimization history", None, "No COMPLETE trial yet.") if not complete else
-        Chart("history", "Optimization history", _optuna_png(lambda: ovm.plot_optimization_history(study, target_name=target)),
-              "Final validation bits/char of every COMPLETE search trial, and the best so far (Optuna)."),
+        Chart("history", "Optimization history", _optuna_png(lambda: ovm.plot_optimization_history(study, target=bpc, target_name=target)),
+              f"Final validation bits/char of every COMPLETE search trial{best} (Optuna)."),
         Chart("intermediate", "Intermediate values", None, "No trial reported an evaluation yet.") if not reported else
         Chart("intermediate", "Intermediate values", _optuna_png(lambda: _intermediate(ovm, study, unit)),
               f"Validation bits/char at each evaluation of every search trial, by {unit} (Optuna; pruned trials stop early)."),
         Chart("importances", "Parameter importances", None, facts["importances"]["note"] or "") if not facts["importances"]["params"] else
         Chart("importances", "Parameter importances", _optuna_png(lambda: ovm.plot_param_importances(
-            study, evaluator=_importance_evaluator(), target_name=target)), f"{facts['importances']['method']} over the COMPLETE search trials."),
+            study, evaluator=_importance_evaluator(), target=bpc, target_name=target)),
+            f"{facts['importances']['method']} over the COMPLETE search trials" + (" (for val_bpc)." if bpc else ".")),
     ]
+    if len(names) > 1:
+        charts.append(_pareto_chart(ovm, study, names, complete))
     if not rows:
         why = "No configuration has been validated yet (see the verdict)."
         charts += [Chart("validated", "Validated means", None, why), Chart("curves", "Validation curves", None, why)]
@@ -393,6 +466,23 @@ def draw_charts(study: optuna.Study, rows: list[Validated], facts: dict[str, Any
                   f"Validation bits/char by {unit}, the mean over seeds, per retrained configuration."),
         ]
     return charts
+
+
+def _pareto_chart(ovm, study: optuna.Study, names: list[str], complete: int) -> Chart:
+    if not complete:
+        return Chart("pareto", "Pareto front", None, "No COMPLETE trial yet.")
+    axes: list[str] = []
+
+    def draw():
+        ax = ovm.plot_pareto_front(study, target_names=names)
+        # the title (the image's alt text) names the axes as Optuna drew them: the page says what the image shows
+        axes.extend(get() for get in (ax.get_xlabel, ax.get_ylabel, getattr(ax, "get_zlabel", None)) if get)
+        return ax
+
+    png = _optuna_png(draw)
+    return Chart("pareto", f"Pareto front ({', '.join(f'{xyz}: {label}' for xyz, label in zip('xyz', axes))})", png,
+                 f"Every COMPLETE search trial by {' and '.join(names)}; the trials on the Pareto front (no other trial is "
+                 "as low on every objective and lower on one) are Optuna's \"Best Trial\".")
 
 
 def _intermediate(ovm, study: optuna.Study, unit: str):
@@ -474,23 +564,64 @@ def document(facts: dict[str, Any], charts: list[Chart]) -> list[tuple]:
     blocks: list[tuple] = [("h1", f"Study {facts['study']}: report")]
     if s["description"]:
         blocks.append(("p", s["description"]))
-    blocks += [("h2", "Verdict: mixed head sizes or plain multi-head attention?"), ("verdict", v["sentence"])]
-    if v["mixed"] is not None:
-        blocks.append(("table", ["", "configuration", "search trial", f"mean ± {CONFIDENCE:.0%}", "seeds", "tokens/s"],
-                       [[side, v[key]["heads"] + (" (baseline)" if v[key]["baseline"] else ""), str(v[key]["source_trial"]),
-                         _pm(v[key]["mean"], v[key]["low"], v[key]["high"]), str(len(v[key]["seeds"])), _speed(v[key]["tokens_per_s"])]
-                        for side, key in (("best mixed", "mixed"), ("best uniform", "uniform"))]
-                       + [["mixed − uniform", "", "", f"{v['difference']:+.{DIGITS}f} ({_span(v['low'], v['high'])})", "", ""]]))
-        if v["speed_ratio"]:
-            blocks.append(("p", f"Speed: the mixed configuration trains at {_speed(v['mixed']['tokens_per_s'])} tokens/s, the uniform one "
-                                f"at {_speed(v['uniform']['tokens_per_s'])} tokens/s: a ratio of {v['speed_ratio']:.3f} (mixed / uniform, "
-                                "means over the validation trials)."))
+    blocks += [("h2", "Verdict: mixed head sizes or plain multi-head attention?")] + _verdict_blocks(v)
     blocks += [("h2", "The study")] + _study_blocks(facts) + [("h2", "Head families")] + _family_blocks(facts)
     blocks += [("h2", "Validated configurations")] + _validated_blocks(facts) + [chart["validated"], chart["curves"]]
+    if "pareto" in facts:
+        blocks += [("h2", "Quality against cost: the Pareto front")] + _pareto_blocks(facts) + [chart["pareto"]]
     blocks += [("h2", "The search")] + [chart["history"], chart["intermediate"]] + _importance_blocks(facts) + [chart["importances"]]
     blocks += [("h2", "Reproduce"), ("p", "Every figure above comes from these commands (storage passwords shown as ***):"),
                ("code", list(facts["commands"].values()))]
     return [("chart", b) if isinstance(b, Chart) else b for b in blocks]
+
+
+def _verdict_text(v: dict[str, Any]) -> str:
+    """The verdict on val_bpc, and in a multi-objective study the sentence on each cost after it."""
+    return v["sentence"] + (" " + v["cost_sentence"] if v.get("cost_sentence") else "")
+
+
+def _verdict_blocks(v: dict[str, Any]) -> list[tuple]:
+    blocks: list[tuple] = [("verdict", _verdict_text(v))]
+    if v["mixed"] is None:
+        return blocks
+    costs = v.get("costs", {})
+    blocks.append(("table", ["", "configuration", "search trial", _mean_header(costs), *_cost_headers(costs), "seeds", "tokens/s"],
+                   [[side, v[key]["heads"] + (" (baseline)" if v[key]["baseline"] else ""), str(v[key]["source_trial"]),
+                     _pm(v[key]["mean"], v[key]["low"], v[key]["high"]), *(_cost_pm(c[key]) for c in costs.values()),
+                     str(len(v[key]["seeds"])), _speed(v[key]["tokens_per_s"])]
+                    for side, key in (("best mixed", "mixed"), ("best uniform", "uniform"))]
+                   + [["mixed − uniform", "", "", f"{v['difference']:+.{DIGITS}f} ({_span(v['low'], v['high'])})",
+                       *(f"{c['difference']:+.{COST_DIGITS}f} ({_span(c['low'], c['high'], COST_DIGITS)})" for c in costs.values()), "", ""]]))
+    if v["speed_ratio"]:
+        blocks.append(("p", f"Speed: the mixed configuration trains at {_speed(v['mixed']['tokens_per_s'])} tokens/s, the uniform one "
+                            f"at {_speed(v['uniform']['tokens_per_s'])} tokens/s: a ratio of {v['speed_ratio']:.3f} (mixed / uniform, "
+                            "means over the validation trials)."))
+    return blocks
+
+
+def _mean_header(costs: Collection[str]) -> str:
+    """The val_bpc column's header: named where cost columns stand beside it."""
+    return ("val_bpc " if costs else "") + f"mean ± {CONFIDENCE:.0%}"
+
+
+def _cost_headers(costs: Collection[str]) -> list[str]:
+    return [f"{name} mean ± {CONFIDENCE:.0%}" for name in costs]
+
+
+def _cost_pm(iv: dict[str, Any] | None) -> str:
+    return "—" if iv is None else _pm(iv["mean"], iv["low"], iv["high"], COST_DIGITS)
+
+
+def _pareto_blocks(facts: dict[str, Any]) -> list[tuple]:
+    names, front = facts["objectives"], facts["pareto"]
+    if not front:
+        return [("p", "No COMPLETE search trial yet, so no Pareto front.")]
+    return [("p", f"{len(front)} of the {facts['trials']['search']['COMPLETE']} COMPLETE search trials are on the Pareto front of "
+                  f"{', '.join(names)}: no other trial is as low on every objective and lower on one. A cost ({COST_MEANING}) was "
+                  "measured once, after the trial's training. Best val_bpc first."),
+            ("table", ["search trial", "heads", "family", *names],
+             [[str(p["trial"]), (p["heads"] or "") + (" (baseline)" if p["baseline"] else ""), p["family"] or "",
+               _bpc(p["values"][names[0]]), *(f"{p['values'][c]:.{COST_DIGITS}f}" for c in names[1:])] for p in front])]
 
 
 def _study_blocks(facts: dict[str, Any]) -> list[tuple]:
@@ -538,19 +669,35 @@ def _memory_blocks(m: dict[str, Any]) -> list[tuple]:
 
 
 def _family_blocks(facts: dict[str, Any]) -> list[tuple]:
-    rows = facts["families"]
+    rows, costs = facts["families"], _costs(facts)
     if not rows:
         return [("p", "No search trial has a head family yet.")]
     return [("p", f"One row per head family of the search trials, baselines apart. Validated: the family's best retrained "
                   f"configuration, mean over seeds ± its {CONFIDENCE:.0%} t-interval; parameters and tokens/s are that "
-                  "configuration's (else the best search trial's)."),
-            ("table", ["family", "trials (complete)", "best search val_bpc", "validated configuration", f"validated mean ± {CONFIDENCE:.0%}",
+                  "configuration's (else the best search trial's)."
+                  + (f" A cost ({COST_MEANING}): the lowest and the median over the family's COMPLETE search trials, and "
+                     "the validated configuration's mean over seeds." if costs else "")),
+            ("table", ["family", "trials (complete)", "best search val_bpc", "validated configuration", "validated " + _mean_header(costs),
+                       *(h for c in costs for h in (f"search {c}: lowest, median", f"validated {c} mean ± {CONFIDENCE:.0%}")),
                        "seeds", "parameters", "tokens/s"],
              [[r["family"] + (" (baseline)" if r["baseline"] else ""), f"{r['trials']} ({r['complete']})",
                f"{_bpc(r['best_search_value'])} (trial {r['best_search_trial']})" if r["best_search_value"] is not None else "—",
                f"{r['heads']} (trial {r['validated_trial']})" if r["validated_trial"] is not None else "not validated",
-               _pm(r["mean"], r["low"], r["high"]) if r["mean"] is not None else "—", str(r["seeds"]),
+               _pm(r["mean"], r["low"], r["high"]) if r["mean"] is not None else "—", *_family_cost_cells(r, costs), str(r["seeds"]),
                f"{r['n_params']:,}" if r["n_params"] else "—", _speed(r["tokens_per_s"])] for r in rows])]
+
+
+def _family_cost_cells(row: dict[str, Any], costs: list[str]) -> list[str]:
+    cells = []
+    for name in costs:
+        c = row["costs"][name]
+        cells += ["—" if c["lowest"] is None else f"{c['lowest']:.{COST_DIGITS}f}, {c['median']:.{COST_DIGITS}f}", _cost_pm(c["validated"])]
+    return cells
+
+
+def _costs(facts: dict[str, Any]) -> list[str]:
+    """The study's cost objectives (none for a single-objective study)."""
+    return facts.get("objectives", ["val_bpc"])[1:]
 
 
 def _validated_blocks(facts: dict[str, Any]) -> list[tuple]:
@@ -558,13 +705,14 @@ def _validated_blocks(facts: dict[str, Any]) -> list[tuple]:
     if not rows:
         return [("p", "Not validated yet (see the verdict)." if facts["validation_study"] is None else
                  "No configuration has a COMPLETE validation trial yet.")]
-    seeds = ", ".join(str(x) for x in facts["seeds"])
+    seeds, costs = ", ".join(str(x) for x in facts["seeds"]), _costs(facts)
     return [("p", f"Each configuration retrained from scratch with fresh seeds ({seeds}) in study `{facts['validation_study']}`; "
-                  "best validated mean first."),
-            ("table", ["search trial", "heads", "family", "mixed sizes", "why", "search val_bpc", f"mean ± {CONFIDENCE:.0%}", "seeds",
-                       "parameters", "tokens/s"],
+                  "best validated mean first." + (f" Costs ({COST_MEANING}) are means over the same seeds." if costs else "")),
+            ("table", ["search trial", "heads", "family", "mixed sizes", "why", "search val_bpc", _mean_header(costs), *_cost_headers(costs),
+                       "seeds", "parameters", "tokens/s"],
              [[str(r["source_trial"]), r["heads"] + (" (baseline)" if r["baseline"] else ""), r["family"], "yes" if r["mixed"] else "no",
-               ", ".join(r["why"]), _bpc(r["search_value"]), _pm(r["mean"], r["low"], r["high"]), str(len(r["seeds"])),
+               ", ".join(r["why"]), _bpc(r["search_value"]), _pm(r["mean"], r["low"], r["high"]),
+               *(_cost_pm(r.get("costs", {}).get(c)) for c in costs), str(len(r["seeds"])),
                f"{r['n_params']:,}", _speed(r["tokens_per_s"])] for r in rows])]
 
 
@@ -572,8 +720,13 @@ def _importance_blocks(facts: dict[str, Any]) -> list[tuple]:
     imp = facts["importances"]
     if not imp["params"]:
         return [("p", f"Parameter importances: {imp['note']}")]
-    return [("p", f"Parameter importances ({imp['method']}, over the COMPLETE search trials): "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in imp["params"].items()) + ".")]
+    listed = lambda params: ", ".join(f"{k} {v:.3f}" for k, v in params.items()) or "none varied"  # noqa: E731
+    if "costs" not in imp:
+        return [("p", f"Parameter importances ({imp['method']}, over the COMPLETE search trials): {listed(imp['params'])}.")]
+    # one objective at a time: which parameters reach the lowest 10% of val_bpc, and of each cost
+    per = {"val_bpc": imp["params"], **imp["costs"]}
+    return [("p", f"Parameter importances ({imp['method']}, over the COMPLETE search trials, one objective at a time): "
+                  + "; ".join(f"for {name}, {listed(params)}" for name, params in per.items()) + ".")]
 
 
 def _any_state(facts: dict[str, Any], state: str) -> bool:
@@ -584,16 +737,16 @@ def _bpc(x: float | None) -> str:
     return "—" if x is None else f"{x:.{DIGITS}f}"
 
 
-def _pm(mean: float, low: float | None, high: float | None) -> str:
+def _pm(mean: float, low: float | None, high: float | None, digits: int = DIGITS) -> str:
     if low is None or high is None:
-        return f"{mean:.{DIGITS}f} (one seed: no interval)"
-    return f"{mean:.{DIGITS}f} ± {(high - low) / 2:.{DIGITS}f}"
+        return f"{mean:.{digits}f} (one seed: no interval)"
+    return f"{mean:.{digits}f} ± {(high - low) / 2:.{digits}f}"
 
 
-def _span(low: float | None, high: float | None) -> str:
+def _span(low: float | None, high: float | None, digits: int = DIGITS) -> str:
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return "unbounded (one seed)"
-    return f"{low:+.{DIGITS}f} to {high:+.{DIGITS}f}"
+    return f"{low:+.{digits}f} to {high:+.{digits}f}"
 
 
 def _speed(x: float | None) -> str:

@@ -58,10 +58,13 @@ class RunSummary:
     overhead_s: float = 0.0  # time outside the children's training, summed over this run's trials
     train_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    pareto: int | None = None  # trials on the Pareto front of a multi-objective study
 
     def line(self) -> str:
         counts = ", ".join(f"{n} {s.lower()}" for s, n in self.counts.items() if n)
         best = f"best val_bpc {self.best_value:.4f} (trial {self.best_number})" if self.best_value is not None else "no complete trial yet"
+        if self.pareto is not None:
+            best += f"; {self.pareto} trials on the Pareto front"
         return f"study {self.study_name!r}: {counts}; {best}; {self.new_trials} new trials in {self.wall_s:.0f} s"
 
 
@@ -175,11 +178,10 @@ def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, pa
     with _quiet_optuna():
         study = optuna.create_study(
             study_name=config.name, storage=storage, sampler=prep.space.make_sampler(parallel=parallel),
-            pruner=prep.pruner, direction="minimize", load_if_exists=True,
+            pruner=prep.pruner, directions=["minimize"] * len(config.objectives), load_if_exists=True,
         )
-    if study.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise ConfigError(f"study {config.name!r} in {mask_url(config.storage)} maximizes; pick another study.name.")
-    name_objective(study)
+    check_objectives(study, config)
+    name_objective(study, config.objectives)
     fresh = not study.get_trials(deepcopy=False)
     study.set_user_attr("study_file", _masked_raw(config))
     study.set_user_attr("full_training", config.full_training)
@@ -214,11 +216,24 @@ def check_vocab_sizes(study: optuna.Study, prep: Prepared) -> dict[str, int]:
     return {**(stored or {}), **now}
 
 
-def name_objective(study: optuna.Study) -> None:
-    """The dashboard labels the objective `val_bpc` instead of "Objective 0"."""
+def check_objectives(study: optuna.Study, config: StudyConfig) -> None:
+    """A resumed study must minimize what the study file says (its stored trials hold those values)."""
+    n = len(study.directions)
+    held = study.metric_names
+    if held is None:
+        # just created (named next), or a study from before objectives were named, which minimized val_bpc alone
+        fresh = n == len(config.objectives) and not study.get_trials(deepcopy=False)
+        held = list(config.objectives) if fresh else ["val_bpc"] if n == 1 else [f"objective {i}" for i in range(n)]
+    if any(d != optuna.study.StudyDirection.MINIMIZE for d in study.directions) or list(held) != list(config.objectives):
+        raise ConfigError(f"study {study.study_name!r} in {mask_url(config.storage)} minimizes {held}, but study.objectives is "
+                          f"{list(config.objectives)}; pick another study.name, or run it with the study file it was made with.")
+
+
+def name_objective(study: optuna.Study, names: tuple[str, ...] | list[str] = ("val_bpc",)) -> None:
+    """The dashboard labels the objectives (`val_bpc`, `train_cost`) instead of "Objective 0", "Objective 1"."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_bpc"])
+        study.set_metric_names(list(names))
 
 
 def trial_settings(config: StudyConfig, prep: Prepared, *, artifacts, workers: int, threads: int | None) -> TrialSettings:
@@ -280,8 +295,8 @@ def drive(study: optuna.Study, storage: RDBStorage, objective: Objective, bars: 
     best = _best(study)
     return RunSummary(
         study.study_name, mask_url(storage.url), {s.name: counts.get(s.name, 0) for s in TrialState},
-        best.value if best else None, best.number if best else None, time.perf_counter() - t_start,
-        _started(study) - started_before, interrupted, objective.overhead_s, objective.train_s, timings,
+        best.values[0] if best else None, best.number if best else None, time.perf_counter() - t_start,
+        _started(study) - started_before, interrupted, objective.overhead_s, objective.train_s, timings, _pareto(study),
     )
 
 
@@ -306,7 +321,8 @@ def summarize(storage_url: str, name: str, *, before: int = 0, wall_s: float = 0
     counts = Counter(t.state.name for t in trials)
     best = _best(study)
     return RunSummary(name, mask_url(storage_url), {s.name: counts.get(s.name, 0) for s in TrialState},
-                      best.value if best else None, best.number if best else None, wall_s, _started(study) - before)
+                      best.values[0] if best else None, best.number if best else None, wall_s, _started(study) - before,
+                      pareto=_pareto(study))
 
 
 def _masked_raw(config: StudyConfig) -> dict:
@@ -318,10 +334,14 @@ def _masked_raw(config: StudyConfig) -> dict:
 
 
 def _best(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
+    """The COMPLETE trial with the lowest val_bpc (the first objective of a multi-objective study)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(done, key=lambda t: (t.values[0], t.number), default=None)
+
+
+def _pareto(study: optuna.Study) -> int | None:
+    """How many trials are on the Pareto front of a multi-objective study; None for one objective."""
+    return len(study.best_trials) if len(study.directions) > 1 else None
 
 
 def _close_interrupted(study: optuna.Study, storage, objective: Objective) -> None:
@@ -342,6 +362,12 @@ def _close_interrupted(study: optuna.Study, storage, objective: Objective) -> No
     params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
     if params or carried:
         study.enqueue_trial(params, user_attrs={**carried, "retry_of": trial.number})
+
+
+def objective_text(study: optuna.Study, trial: FrozenTrial) -> str:
+    """A COMPLETE trial's values by name: "val_bpc 1.2345" or "val_bpc 1.2345, train_cost 0.871"."""
+    names = study.metric_names or ["val_bpc"]
+    return ", ".join(f"{n} {v:.4f}" if i == 0 else f"{n} {v:.3f}" for i, (n, v) in enumerate(zip(names, trial.values)))
 
 
 class _FailGuard:
@@ -387,7 +413,7 @@ class _Bars:
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         a = trial.user_attrs
-        what = f"val_bpc {trial.value:.4f}" if trial.state == TrialState.COMPLETE else a.get("prune_reason") or a.get("fail_reason", "")
+        what = objective_text(study, trial) if trial.state == TrialState.COMPLETE else a.get("prune_reason") or a.get("fail_reason", "")
         desc = f"{a['heads']} ({a['n_params']:,} params)" if "heads" in a else ""
         if "source_trial" in a:
             desc += f", trial {a['source_trial']} seed {a['seed']}"
@@ -399,7 +425,7 @@ class _Bars:
                 self.trials.update(1)
             best = _best(study)
             if best is not None:
-                self.trials.set_postfix(best=f"{best.value:.4f}")
+                self.trials.set_postfix(best=f"{best.values[0]:.4f}")
         else:
             self.log(line)
 
@@ -511,4 +537,4 @@ def _smallest_forecast(space: SearchSpace, device: str, baseline: int | None, es
     return best
 
 
-__all__ = ["run_study", "prepare", "check_vocab_sizes", "count_trials", "summarize", "open_run", "search_study", "trial_settings", "drive", "RunSummary", "Prepared", "Interrupted"]
+__all__ = ["run_study", "prepare", "check_vocab_sizes", "check_objectives", "objective_text", "count_trials", "summarize", "open_run", "search_study", "trial_settings", "drive", "RunSummary", "Prepared", "Interrupted"]

@@ -47,7 +47,7 @@ FAMILY_KEYS: dict[str, tuple[str, ...]] = {
     "explicit": ("sizes",),
 }
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "study": ("name", "description", "n_trials", "timeout_s", "storage", "heartbeat_interval_s", "grace_period_s"),
+    "study": ("name", "description", "n_trials", "timeout_s", "storage", "heartbeat_interval_s", "grace_period_s", "objectives"),
     "data": DATA_KEYS,
     "budget": ("params", "tolerance"),
     "space": ("depth", "width", "head_mix", "families", "mlp_mult", "lr", "batch_size", *HEAD_FAMILIES),
@@ -62,8 +62,17 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "full_training": FULL_TRAINING_KEYS,
     "baselines": ("enabled", "sizes", "params"),
     "validation": ("top", "seeds", "families"),
+    "cost": ("seconds",),
 }
 REQUIRED_SECTIONS = ("study", "budget", "space")
+
+# what a study minimizes: bits per character first, then (multi-objective) the costs of mfha.cost,
+# each a ratio to a fixed reference model timed beside the trial's
+OBJECTIVES = ("val_bpc", "train_cost", "decode_cost")
+PRIMARY = "val_bpc"
+# Optuna's HyperbandPruner reads the study's direction through its own study view, which a
+# multi-objective study refuses; the other pruners are given the val_bpc view (search/_pruners.py)
+MULTI_OBJECTIVE_PRUNERS = ("median", "percentile", "successive_halving", "wilcoxon", "none")
 
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -167,6 +176,8 @@ class StudyConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     validation: ValidationConfig | None = None  # set: `run` validates after the search
+    objectives: tuple = (PRIMARY,)  # val_bpc, then any costs to minimize too (a multi-objective study)
+    cost_seconds: float = 2.0  # time each trial spends measuring each cost
     tokens: int | None = None  # training tokens per trial; None: [training] max_steps
     eval_tokens: int | None = None
     warmup_tokens: int | None = None
@@ -196,6 +207,11 @@ class StudyConfig:
             d.update(token_steps(self.tokens, self.eval_tokens, self.warmup_tokens, batch_size=d.get("batch_size", TrainConfig.batch_size),
                                  seq_len=d.get("seq_len", TrainConfig.seq_len)))
         return TrainConfig.from_dict(d)
+
+    @property
+    def cost_kinds(self) -> tuple[str, ...]:
+        """The mfha.cost kinds a trial measures: "train" for train_cost, "decode" for decode_cost."""
+        return tuple(o.removesuffix("_cost") for o in self.objectives[1:])
 
     @property
     def step_unit(self) -> str:
@@ -350,6 +366,15 @@ class _Parser:
         self.rule(_is_int(grace) and grace > heartbeat, f"must be a whole number of seconds > study.heartbeat_interval_s={heartbeat}",
                   "study.grace_period_s", grace)
         self.rule(isinstance(description, str), "must be a string", "study.description", description)
+        objectives = study.get("objectives", [PRIMARY])
+        ok = (isinstance(objectives, list) and objectives[:1] == [PRIMARY] and len(set(objectives)) == len(objectives)
+              and all(o in OBJECTIVES for o in objectives))
+        self.rule(ok, f"must be [{PRIMARY!r}] followed by any of {', '.join(repr(o) for o in OBJECTIVES[1:])}", "study.objectives", objectives)
+        cost = self.section("cost")
+        if cost and len(objectives) == 1:
+            self.fail("[cost] is given but study.objectives has no cost; add 'train_cost' or 'decode_cost' to study.objectives, or remove [cost].")
+        cost_seconds = cost.get("seconds", 2.0)
+        self.rule(_is_num(cost_seconds) and 0 < cost_seconds <= 60, "must be a number of seconds in (0, 60]", "cost.seconds", cost_seconds)
 
         params = budget.get("params")
         self.rule(_is_int(params) and params >= 1, "must be a positive integer (the target parameter count)", "budget.params", params)
@@ -375,6 +400,9 @@ class _Parser:
         self.check_train_fields(data_fields, training, vocab_choices, space)
         self.check_model(model, training)
         pruning = self.pruning(pruning_raw, token_budget=tokens is not None)
+        if len(objectives) > 1 and pruning.pruner not in MULTI_OBJECTIVE_PRUNERS:
+            self.fail(f"pruning.pruner={pruning.pruner!r} cannot prune a multi-objective study (study.objectives={objectives!r}); "
+                      f"use one of {', '.join(MULTI_OBJECTIVE_PRUNERS)}.")
         sampler = self.sampler(sampler_raw)
         full = self.full_training(full)
         baselines = self.baselines(self.section("baselines"), space)
@@ -383,6 +411,7 @@ class _Parser:
             name=name, budget_params=params, budget_tolerance=float(tol), space=space,
             vocab_choices=vocab_choices, data=data_fields, training=training, threads=threads, model=model,
             full_training=full, pruning=pruning, sampler=sampler, baselines=baselines, validation=validation,
+            objectives=tuple(objectives), cost_seconds=float(cost_seconds),
             tokens=tokens[0] if tokens else None, eval_tokens=tokens[1] if tokens else None,
             warmup_tokens=tokens[2] if tokens else None, description=description,
             n_trials=n_trials, timeout_s=float(timeout_s) if timeout_s is not None else None,
@@ -675,5 +704,5 @@ __all__ = [
     "StudyConfig", "SpaceConfig", "PruningConfig", "SamplerConfig", "BaselinesConfig", "ValidationConfig", "IntRange", "FloatRange",
     "token_steps",
     "load_study_file", "parse_study", "parse_bytes", "make_head_spec", "domain_values",
-    "DEFAULT_STORAGE", "PRUNERS", "HEAD_MIXES",
+    "DEFAULT_STORAGE", "PRUNERS", "HEAD_MIXES", "OBJECTIVES", "PRIMARY",
 ]

@@ -27,7 +27,8 @@ from search._host import share_cores
 from search._objective import Objective, _set_attrs
 from search._pruners import MemoryAwarePruner
 from search._runner import (
-    FINISHED, Prepared, RunSummary, _Bars, _quiet_optuna, check_vocab_sizes, drive, name_objective, open_run, trial_settings,
+    FINISHED, Prepared, RunSummary, _Bars, _quiet_optuna, check_objectives, check_vocab_sizes, drive, name_objective, open_run,
+    trial_settings,
 )
 from search._space import Candidate
 from search._study_file import StudyConfig, ValidationConfig, parse_study
@@ -44,12 +45,16 @@ class Pick:
 
 def select_configs(search: optuna.Study, *, top: int, families: bool = True) -> list[Pick]:
     """The configurations to retrain: the `top` best distinct ones, (with `families`) the best of every
-    head family, and always the best baseline and the best mixed-size and best plain multi-head one."""
+    head family, and always the best baseline and the best mixed-size and best plain multi-head one.
+
+    Best is the lowest val_bpc; in a multi-objective study the `top` come from the Pareto front first
+    (by val_bpc), since those are the trade-offs a user picks from."""
     if top < 1:
         raise ValueError(f"top must be a positive integer, but got {top=}.")
     done = sorted((t for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                    if "model_config" in t.user_attrs and "reused_from" not in t.user_attrs),
-                  key=lambda t: (t.value, t.number))
+                  key=lambda t: (t.values[0], t.number))
+    front = {t.number for t in search.best_trials} if len(search.directions) > 1 else set()
     distinct, keys = [], set()
     for t in done:  # the same configuration sampled twice trains once (reused_from), but be sure
         if t.user_attrs.get("config_key") not in keys:
@@ -61,8 +66,9 @@ def select_configs(search: optuna.Study, *, top: int, families: bool = True) -> 
         if t is not None:
             picks.setdefault(t.number, Pick(t)).why.append(why)
 
-    for i, t in enumerate(distinct[:top]):
-        add(t, f"top {i + 1}")
+    # sorted() is stable: the front first, each part by val_bpc
+    for i, t in enumerate(sorted(distinct, key=lambda t: t.number not in front)[:top]):
+        add(t, f"top {i + 1}" + (" (Pareto front)" if t.number in front else ""))
     if families:
         for family in dict.fromkeys(t.user_attrs.get("family", "") for t in distinct):
             add(next(t for t in distinct if t.user_attrs.get("family", "") == family), f"best {family}")
@@ -156,7 +162,7 @@ class _Retrain:
         mc = ModelConfig.from_dict(a["model_config"])
         tc = TrainConfig.from_dict({**a["train_config"], "seed": seed, **({"dataset": self.dataset} if self.dataset else {})})
         attrs = {"heads": a["heads"], "family": a.get("family", ""), "n_params": a["n_params"], "source_trial": source, "seed": seed,
-                 "search_value": src.value, **({"role": a["role"]} if "role" in a else {})}
+                 "search_value": src.values[0], **({"role": a["role"]} if "role" in a else {})}
         return Candidate(mc, tc, attrs)
 
 
@@ -168,8 +174,9 @@ def validation_study(config: StudyConfig, prep: Prepared, storage, v: Validation
     pruner = MemoryAwarePruner(optuna.pruners.NopPruner(), memory_limit=prep.pruner.memory_limit,
                                memory_name=prep.pruner.memory_name, step_unit=config.step_unit)
     study = optuna.create_study(study_name=validation_name(config.name), storage=storage, sampler=optuna.samplers.RandomSampler(),
-                                pruner=pruner, direction="minimize", load_if_exists=True)
-    name_objective(study)
+                                pruner=pruner, directions=["minimize"] * len(config.objectives), load_if_exists=True)
+    check_objectives(study, config)
+    name_objective(study, config.objectives)
     study.set_user_attr("source_study", config.name)
     study.set_user_attr("seeds", plan.seeds)
     study.set_user_attr("step_unit", config.step_unit)

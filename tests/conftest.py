@@ -84,13 +84,29 @@ seed = 1
 
 
 def write_tiny_study(folder: Path, dataset: str, name: str = "tiny", *, n_trials: int = 4, steps: int = 30, heartbeat: int = 1,
-                     grace: int = 3, families: tuple[str, ...] = ("uniform",), extra: str = "") -> Path:
+                     grace: int = 3, families: tuple[str, ...] = ("uniform",), extra: str = "",
+                     objectives: tuple[str, ...] = ("val_bpc",)) -> Path:
     """A study file of tiny models (a trial trains in about a second) in `folder`; a family other than
-    uniform needs its [space.FAMILY] table in `extra`."""
+    uniform needs its [space.FAMILY] table in `extra`. `objectives` beyond val_bpc make it multi-objective,
+    with a short cost measurement."""
+    text = TINY_STUDY.format(name=name, n_trials=n_trials, steps=steps, heartbeat=heartbeat, grace=grace,
+                             dataset=dataset, families=json.dumps(list(families))) + extra
+    if len(objectives) > 1:
+        text = text.replace("[study]\n", f"[study]\nobjectives = {json.dumps(list(objectives))}\n", 1) + "\n[cost]\nseconds = 0.2\n"
     path = folder / f"{name}.toml"
-    path.write_text(TINY_STUDY.format(name=name, n_trials=n_trials, steps=steps, heartbeat=heartbeat, grace=grace,
-                                      dataset=dataset, families=json.dumps(list(families))) + extra)
+    path.write_text(text)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, then as it was."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -73,6 +73,8 @@ STUDY_FILE_CASES = [
      r"cannot reach the Hugging Face Hub for --dataset roneneldan/TinyStories; .*--dataset"),
     ("steps beside a token budget", ("max_steps = 30", "max_steps = 30\ntokens = 4096"), [],
      r"training\.max_steps counts steps, but training\.tokens sets a token budget \(steps follow from each trial's batch size\); use training\.tokens, or remove training\.tokens\."),
+    ("objectives not led by val_bpc", ("[study]\n", '[study]\nobjectives = ["train_cost"]\n'), [],
+     r"study.objectives must be \['val_bpc'\] followed by any of 'train_cost', 'decode_cost', but got study.objectives=\['train_cost'\]\."),
     ("worker count", None, ["--workers", "0"], r"--workers must be a positive integer, but got workers=0\."),
     ("trial count", None, ["--n-trials", "0"], r"--n-trials must be a positive integer, but got n_trials=0\."),
 ]

@@ -57,3 +57,16 @@ def test_winners_curse_bench_quick_checks_the_winner_on_unseen_seeds(tinystories
     assert result["winner_low"] < result["winner_high"]
     assert result["inside"] == (result["winner_low"] <= result["further_mean"] <= result["winner_high"])
     assert any(line.startswith("validated winner") for line in lines)
+
+
+@pytest.mark.slow
+def test_cost_stability_bench_quick_measures_three_runs_and_a_rank(tinystories):
+    lines, result = _quick("cost_stability.py")
+    assert len(result["ratios"]) == len(result["tokens_per_s"]) == len(result["loads"]) == 3
+    for values, spread in ((result["ratios"], result["ratio_spread"]), (result["tokens_per_s"], result["tokens_per_s_spread"])):
+        median = sorted(values)[1]
+        assert spread == round(max(abs(v / median - 1) for v in values), 4)
+    assert [r["config"] for r in result["rank"]] == ["uniform-1L", "uniform-2L", "uniform-6L"]
+    assert all(r["train_cost"] > 0 and r["train_wall_s"] > 0 for r in result["rank"])
+    assert -1 <= result["rank_spearman"] <= 1
+    assert any(line.startswith("| 2 CPU burners beside |") for line in lines)

@@ -86,3 +86,46 @@ def test_several_user_attrs_in_one_write_match_one_by_one(url):
     theirs.set_trial_state_values(a, TrialState.COMPLETE, [1.0])
     with pytest.raises(RuntimeError):  # a finished trial stays as it was, as with Optuna's own writes
         ours.set_trial_user_attrs(a, {"late": 1})
+
+
+def _take_queue(url: str, start, out) -> None:
+    """A worker popping the queue as Optuna's `study.ask` does, all of them released at once."""
+    study = optuna.load_study(study_name="q", storage=FastReadRDBStorage(url))
+    start.wait()
+    taken = []
+    while (trial_id := study._pop_waiting_trial_id()) is not None:
+        taken.append(trial_id)
+    out.put(taken)
+
+
+def test_a_queued_trial_is_taken_by_exactly_one_of_several_processes(tmp_path):
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path}/q.db"
+    study = optuna.create_study(study_name="q", storage=FastReadRDBStorage(url))
+    for i in range(60):
+        study.enqueue_trial({"x": i})
+    queued = {t._trial_id for t in study.get_trials(states=(TrialState.WAITING,))}
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_take_queue, args=(url, start, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    taken = [trial_id for _ in procs for trial_id in out.get(timeout=120)]
+    for p in procs:
+        p.join(30)
+    # before: Optuna read WAITING and then wrote RUNNING, so on SQLite two workers could both take one trial
+    assert sorted(taken) == sorted(queued)
+    after = {t._trial_id: t for t in study.get_trials()}
+    assert all(after[i].state == TrialState.RUNNING and after[i].datetime_start is not None for i in taken)
+
+
+def test_a_trial_that_is_no_longer_waiting_is_not_taken(url):
+    ours = FastReadRDBStorage(url)
+    study = optuna.load_study(study_name="s", storage=ours)
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]._trial_id
+    assert ours.set_trial_state_values(waiting, TrialState.RUNNING) is True
+    assert ours.set_trial_state_values(waiting, TrialState.RUNNING) is False  # already taken
+    done = study.get_trials(states=(TrialState.COMPLETE,))[0]._trial_id
+    assert ours.set_trial_state_values(done, TrialState.RUNNING) is False
+    assert ours.get_trial(done).state == TrialState.COMPLETE

@@ -11,13 +11,8 @@ from mfha.heads import HeadSpec, explicit, fractal, geometric, uniform
 from mfha.model import GPT, MFHAttention, count_parameters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # every model here is tiny: waking intra-op threads costs more than the ops on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# every model here is tiny: waking intra-op threads costs more than the ops on a busy machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_spec(rng: random.Random) -> HeadSpec:

@@ -31,6 +31,12 @@ levels = { min = 2, max = 2 }
 def reported(tmp_path_factory, tinystories):
     folder = tmp_path_factory.mktemp("report")
     study = write_tiny_study(folder, tinystories, "tiny", n_trials=6, families=("uniform", "fractal"), extra=FRACTAL)
+    return search_validate_report(folder, study)
+
+
+def search_validate_report(folder, study) -> SimpleNamespace:
+    """Through the CLI: run the study file `study` (study "tiny") into folder/mfha.db, validate its best
+    and the verdict's two sides with 2 seeds, and report into folder/reports/tiny."""
     url = f"sqlite:///{folder}/mfha.db"
     out = folder / "reports" / "tiny"
     steps = [("run", "--study", str(study), "--storage", url, "--no-progress"),

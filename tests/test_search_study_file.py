@@ -336,3 +336,35 @@ def test_a_relative_study_path_missing_here_is_looked_up_in_the_repository(tmp_p
     assert load_study_file("studies/smoke.toml").name == "smoke"
     with pytest.raises(ConfigError, match=r"study file 'studies/smoek\.toml' does not exist"):
         load_study_file("studies/smoek.toml")
+
+
+def test_objectives_default_to_val_bpc_alone():
+    config = parse_study(study())
+    assert config.objectives == ("val_bpc",) and config.cost_kinds == ()
+
+
+def test_objectives_name_the_costs_to_measure():
+    config = parse_study(study(study__objectives=["val_bpc", "decode_cost", "train_cost"], cost__seconds=0.5))
+    assert config.cost_kinds == ("decode", "train") and config.cost_seconds == 0.5
+
+
+@pytest.mark.parametrize("objectives", [["train_cost"], ["val_bpc", "speed"], ["val_bpc", "train_cost", "train_cost"], "val_bpc", []])
+def test_objectives_start_with_val_bpc_then_known_costs(objectives):
+    with pytest.raises(ConfigError, match=r"study.objectives must be \['val_bpc'\] followed by any of 'train_cost', 'decode_cost'"):
+        parse_study(study(study__objectives=objectives))
+
+
+def test_cost_section_needs_a_cost_objective():
+    with pytest.raises(ConfigError, match=r"\[cost\] is given but study.objectives has no cost; add 'train_cost' or 'decode_cost'"):
+        parse_study(study(cost__seconds=1.0))
+
+
+@pytest.mark.parametrize("seconds", [0, -1, 61, "2"])
+def test_cost_seconds_in_range(seconds):
+    with pytest.raises(ConfigError, match=r"cost.seconds must be a number of seconds in \(0, 60\]"):
+        parse_study(study(study__objectives=["val_bpc", "train_cost"], cost__seconds=seconds))
+
+
+def test_hyperband_cannot_prune_a_multi_objective_study():
+    with pytest.raises(ConfigError, match=r"pruning.pruner='hyperband' cannot prune a multi-objective study .*; use one of median, percentile"):
+        parse_study(study(study__objectives=["val_bpc", "train_cost"], pruning__pruner="hyperband"))
