@@ -31,7 +31,8 @@ from search._child import serve
 from search._dashboard import upload_trial_artifacts, write_config_files, write_result_files
 from search._evidence import BASELINE
 from search._fast_storage import FastReadRDBStorage
-from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner, val_bpc_view
+from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
+from search._views import val_bpc_view
 from search._space import Candidate, Infeasible, SearchSpace
 from search._study_file import StudyConfig
 
@@ -163,7 +164,7 @@ class Objective:
 
     def _report(self, trial: optuna.Trial, value: float, step: int) -> None:
         """An intermediate val_bpc; in a multi-objective study (whose `Trial.report` Optuna refuses)
-        written to the storage directly, as the pruners' val_bpc view reads it (search/_pruners.py)."""
+        written to the storage directly, as the pruners' val_bpc view reads it (search/_views.py)."""
         if not self.multi:
             trial.report(value, step)
             return

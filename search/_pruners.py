@@ -11,7 +11,6 @@ import warnings
 
 import optuna
 from optuna.pruners import BasePruner
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search._study_file import PruningConfig
@@ -82,29 +81,6 @@ class MemoryAwarePruner(BasePruner):
                 f"best {min(others):.4f} (n={len(others)})")
 
 
-class _BpcView(optuna.Study):
-    """A multi-objective study as a pruner sees it: one objective, val_bpc, minimized.
-
-    Optuna's pruners read `study.direction`, which a multi-objective study refuses, and `Trial.report`
-    refuses such a study too. Lagging loss is about the bits/char curve alone (a cost is known only at
-    the end, and a slow model that learns well should finish), so the objective stores each trial's
-    val_bpc curve as its intermediate values (through the storage) and asks the pruner with this view.
-    """
-
-    @property
-    def directions(self) -> list[StudyDirection]:
-        return [StudyDirection.MINIMIZE]
-
-
-def val_bpc_view(study: optuna.Study) -> optuna.Study:
-    """`study` itself when it has one objective, else the same study seen as minimizing val_bpc alone."""
-    if len(study.directions) == 1:
-        return study
-    view = object.__new__(_BpcView)
-    view.__dict__.update(study.__dict__)
-    return view
-
-
 def make_loss_pruner(p: PruningConfig, *, max_steps: int, eval_interval: int) -> BasePruner:
     """The study file's loss pruner. Its steps are Optuna steps: training steps, or tokens in a study
     with a token budget (`max_steps` is then the budget and `eval_interval` the tokens between evaluations)."""
@@ -127,4 +103,4 @@ def make_loss_pruner(p: PruningConfig, *, max_steps: int, eval_interval: int) ->
     return optuna.pruners.NopPruner()
 
 
-__all__ = ["MemoryAwarePruner", "make_loss_pruner", "val_bpc_view", "fmt_bytes", "FORECAST_ATTR", "MIB"]
+__all__ = ["MemoryAwarePruner", "make_loss_pruner", "fmt_bytes", "FORECAST_ATTR", "MIB"]

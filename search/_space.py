@@ -29,6 +29,7 @@ from mfha.errors import ConfigError
 from mfha.heads import HeadSpec
 from mfha.model import count_parameters
 from search._study_file import FloatRange, IntRange, StudyConfig, domain_values, make_head_spec
+from search._views import sampler_view
 
 DERIVED_PARAMS = ("n_layers", "dim")
 MAX_WASTED_SHARE = 0.10
@@ -70,11 +71,13 @@ class SpaceSampler(BaseSampler):
         return {k: v for k, v in space.items() if k not in DERIVED_PARAMS}
 
     def sample_relative(self, study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self.base.sample_relative(study, trial, search_space)
+        # TPE ranks PRUNED trials by their last intermediate value through `study.direction`, which a
+        # multi-objective study refuses: there those values are val_bpc (search/_views.py)
+        return self.base.sample_relative(sampler_view(study), trial, search_space)
 
     def sample_independent(self, study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
         fn = self._hooks.get((trial.number, param_name))
-        proposal = lambda: self.base.sample_independent(study, trial, param_name, param_distribution)  # noqa: E731
+        proposal = lambda: self.base.sample_independent(sampler_view(study), trial, param_name, param_distribution)  # noqa: E731
         return proposal() if fn is None else fn(proposal)
 
     def before_trial(self, study, trial: FrozenTrial) -> None:

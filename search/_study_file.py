@@ -71,7 +71,7 @@ REQUIRED_SECTIONS = ("study", "budget", "space")
 OBJECTIVES = ("val_bpc", "train_cost", "decode_cost")
 PRIMARY = "val_bpc"
 # Optuna's HyperbandPruner reads the study's direction through its own study view, which a
-# multi-objective study refuses; the other pruners are given the val_bpc view (search/_pruners.py)
+# multi-objective study refuses; the other pruners are given the val_bpc view (search/_views.py)
 MULTI_OBJECTIVE_PRUNERS = ("median", "percentile", "successive_halving", "wilcoxon", "none")
 
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}

@@ -31,8 +31,10 @@ def mo(tmp_path_factory, tinystories):
     folder = tmp_path_factory.mktemp("mo")
     path = token_study(folder, tinystories, "mo", tokens=8_192, eval_tokens=2_048, n_trials=7, extra=EXTRA)
     text = path.read_text().replace('n_trials = 7', 'n_trials = 7\nobjectives = ["val_bpc", "train_cost"]')
-    # a pruner that prunes almost anything behind the best, so the run shows pruning at work
-    path.write_text(text.replace('pruner = "none"', 'pruner = "percentile"\npercentile = 1.0\nstartup_trials = 0'))
+    # a pruner that prunes almost anything behind the best, so the run shows pruning at work; TPE past
+    # its startup trials, which ranks those pruned trials by their (val_bpc) curves
+    text = text.replace('pruner = "none"', 'pruner = "percentile"\npercentile = 1.0\nstartup_trials = 0')
+    path.write_text(text.replace('kind = "random"', 'kind = "tpe"\nstartup_trials = 2'))
     url = f"sqlite:///{folder}/mfha.db"
     proc = run_search("run", "--study", str(path), "--storage", url, "--no-progress", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
