@@ -229,7 +229,7 @@ def _export(args: argparse.Namespace) -> int:
             costs = "".join(f", {name} {c.text(3)}" for name, c in v.costs.items())
             label = "validated winner" if i == 0 and not args.pareto else "validated"
             if args.max_cost is not None:
-                label += f" within {args.cost or 'cost'} <= {args.max_cost:g}"
+                label += f" within {args.cost or next(iter(e.costs), 'cost')} <= {args.max_cost:g}"
             value = (f"{label}: val_bpc {v.interval.text()}{costs} (95% interval, seeds {', '.join(map(str, v.seeds))}); "
                      f"its search value was {e.value:.4f}")
         print(f"exported trial {e.trial_number} ({value}) to {e.folder}")
