@@ -32,9 +32,9 @@ from search._dashboard import upload_trial_artifacts, write_config_files, write_
 from search._evidence import BASELINE
 from search._fast_storage import FastReadRDBStorage
 from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
-from search._views import val_bpc_view
 from search._space import Candidate, Infeasible, SearchSpace
 from search._study_file import StudyConfig
+from search._views import val_bpc_view
 
 # "__main__" too: the forkserver imports the main script once, so a trial process does not re-run
 # its imports (multiprocessing re-imports the main module in every child it did not inherit it from)
@@ -107,8 +107,7 @@ class Objective:
         p = config.pruning
         # Optuna's median and percentile pruners never prune before n_warmup_steps
         self.no_prune_before = p.warmup_steps if p.pruner in ("median", "percentile") else 0
-        self.objectives = config.objectives
-        self.multi = len(self.objectives) > 1
+        self.multi = len(config.objectives) > 1
         self.extra_attrs: dict[str, Any] = {}  # written on every trial with its own attrs
         # raises a pending Ctrl-C / SIGTERM where no storage write is under way (set by the runner)
         self.check_interrupt: Callable[[], None] = lambda: None
