@@ -55,10 +55,21 @@ class Validated:
         return self.interval.mean
 
 
+def objective_names(study: optuna.Study) -> list[str]:
+    """What the study minimizes: ["val_bpc"], or ["val_bpc", "train_cost"] (a multi-objective study)."""
+    return list(study.metric_names or ["val_bpc"])
+
+
+def ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials, best (lowest val_bpc, the first objective) first."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: (t.values[0], t.number))
+
+
 def validated(search: optuna.Study, validation: optuna.Study) -> list[Validated]:
     """Every configuration with at least one COMPLETE validation trial, best validated mean first."""
     by_number = {t.number: t for t in search.get_trials(deepcopy=False)}
-    names = validation.metric_names or ["val_bpc"]
+    names = objective_names(validation)
     groups: dict[int, list[FrozenTrial]] = {}
     for t in validation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "source_trial" in t.user_attrs:
@@ -97,4 +108,4 @@ def load_validation(storage, search_name: str) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-__all__ = ["Validated", "validated", "load_validation", "validation_name", "mixes_sizes", "VALIDATION_SUFFIX", "BASELINE"]
+__all__ = ["Validated", "validated", "objective_names", "ranked", "load_validation", "validation_name", "mixes_sizes", "VALIDATION_SUFFIX", "BASELINE"]

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import ConfigError
-from search._evidence import Validated, load_validation, validated
+from search._evidence import Validated, load_validation, objective_names, ranked, validated
 from search._storage import make_storage, mask_url
 
 # [full_training] keys that do not change what `max_steps` steps of training compute
@@ -42,17 +42,6 @@ def open_study(storage_url: str, name: str) -> optuna.Study:
         hint = f"did you mean {near[0]!r}?" if near else (f"stored: {', '.join(sorted(names))}." if names else "it holds no study yet.")
         raise ConfigError(f"--study {name!r} is not in {mask_url(storage_url)}; {hint}")
     return optuna.load_study(study_name=name, storage=storage)
-
-
-def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials, best (lowest val_bpc, the first objective) first."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(done, key=lambda t: (t.values[0], t.number))
-
-
-def objective_names(study: optuna.Study) -> list[str]:
-    """What the study minimizes: ["val_bpc"], or ["val_bpc", "train_cost"] (a multi-objective study)."""
-    return list(study.metric_names or ["val_bpc"])
 
 
 def export_trials(storage_url: str, name: str, out: str | Path, *, trial: int | None = None, top: int | None = None,

@@ -28,8 +28,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mfha.errors import ConfigError
-from search._evidence import BASELINE, Validated, load_validation, mixes_sizes, validated
-from search._export import objective_names, open_study
+from search._evidence import BASELINE, Validated, load_validation, mixes_sizes, objective_names, validated
+from search._export import open_study
 from search._stats import CONFIDENCE, Interval, difference_interval
 from search._storage import make_storage, mask_url
 from search._study_file import DEFAULT_STORAGE

@@ -25,7 +25,7 @@ from mfha.errors import ConfigError, MFHAError
 from optuna.storages import RDBStorage
 
 from search._dashboard import artifact_store, save_study_note, study_note
-from search._evidence import BASELINE
+from search._evidence import BASELINE, objective_names, ranked
 from search._host import CoreShare, share_cores
 from search._objective import Objective, TrialFailed, TrialSettings
 from search._pruners import MemoryAwarePruner, fmt_bytes, make_loss_pruner
@@ -335,8 +335,7 @@ def _masked_raw(config: StudyConfig) -> dict:
 
 def _best(study: optuna.Study) -> FrozenTrial | None:
     """The COMPLETE trial with the lowest val_bpc (the first objective of a multi-objective study)."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min(done, key=lambda t: (t.values[0], t.number), default=None)
+    return next(iter(ranked(study)), None)
 
 
 def _pareto(study: optuna.Study) -> int | None:
@@ -366,7 +365,7 @@ def _close_interrupted(study: optuna.Study, storage, objective: Objective) -> No
 
 def objective_text(study: optuna.Study, trial: FrozenTrial) -> str:
     """A COMPLETE trial's values by name: "val_bpc 1.2345" or "val_bpc 1.2345, train_cost 0.871"."""
-    names = study.metric_names or ["val_bpc"]
+    names = objective_names(study)
     return ", ".join(f"{n} {v:.4f}" if i == 0 else f"{n} {v:.3f}" for i, (n, v) in enumerate(zip(names, trial.values)))
 
 
