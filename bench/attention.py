@@ -14,6 +14,7 @@ Usage: python bench/attention.py [--quick] [--device auto|cpu|cuda] [--threads N
 The last line is JSON: ratio_vs_mha and speedup_vs_seed_loop for the fractal mix at the headline
 shape (the first one listed: B8 T256 on CPU, B16 T1024 bf16 on CUDA).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,7 +96,9 @@ def step(m: nn.Module, x: torch.Tensor) -> None:
     m(x).float().sum().backward()
 
 
-def time_all(mods: dict[str, nn.Module], x: torch.Tensor, *, iters: int, rounds: int, clock=time.perf_counter) -> dict[str, float]:
+def time_all(
+    mods: dict[str, nn.Module], x: torch.Tensor, *, iters: int, rounds: int, clock=time.perf_counter
+) -> dict[str, float]:
     """Median seconds per fwd+bwd; variants interleaved round by round so load drift hits all alike."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     for m in mods.values():
@@ -118,9 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one tiny shape, few iterations (smoke test)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--rounds", type=int, default=None, help="timing rounds per variant (median is kept)")
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); 1 is steadier on a busy machine")
-    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                    help="cpu: process CPU time, steady on a shared machine when used with --threads 1 (CPU only)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: torch's); 1 is steadier on a busy machine"
+    )
+    ap.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="cpu: process CPU time, steady on a shared machine when used with --threads 1 (CPU only)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,7 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         if headline is None:
             headline = (res["mfha_fractal"] / res["mha"], res["seed_loop"] / res["mfha_fractal"])
     ratio, speedup = headline
-    print(json.dumps({"bench": "attention", "device": device, "ratio_vs_mha": round(ratio, 3), "speedup_vs_seed_loop": round(speedup, 3)}))
+    print(
+        json.dumps(
+            {
+                "bench": "attention",
+                "device": device,
+                "ratio_vs_mha": round(ratio, 3),
+                "speedup_vs_seed_loop": round(speedup, 3),
+            }
+        )
+    )
     return 0
 
 

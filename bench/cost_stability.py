@@ -15,6 +15,7 @@ Last line: {"bench": "cost_stability", "kind": ..., "ratios": [...], "ratio_spre
 spread = the largest |value / median - 1| over the three runs; "wall_ratios" are the same runs' ratios
 in wall time (what the cost would be without the CPU clock, see mfha/cost.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,23 @@ def _configs(entry, vocab: int, tokens: int = 0):
     from mfha.heads import HeadSpec
 
     _, n_layers, dim, heads = entry
-    mc = ModelConfig(vocab_size=vocab, dim=dim, n_layers=n_layers, heads=HeadSpec.from_dict(heads), max_seq_len=SEQ_LEN, mlp_mult=4.0)
+    mc = ModelConfig(
+        vocab_size=vocab, dim=dim, n_layers=n_layers, heads=HeadSpec.from_dict(heads), max_seq_len=SEQ_LEN, mlp_mult=4.0
+    )
     steps = max(1, -(-tokens // (BATCH * SEQ_LEN)))
-    tc = TrainConfig(dataset=DATASET, max_train_stories=1_092, max_val_stories=200, batch_size=BATCH, seq_len=SEQ_LEN,
-                     max_steps=steps, eval_interval=steps, eval_windows=48, lr=3e-3, warmup_steps=min(20, steps - 1), device="cpu")
+    tc = TrainConfig(
+        dataset=DATASET,
+        max_train_stories=1_092,
+        max_val_stories=200,
+        batch_size=BATCH,
+        seq_len=SEQ_LEN,
+        max_steps=steps,
+        eval_interval=steps,
+        eval_windows=48,
+        lr=3e-3,
+        warmup_steps=min(20, steps - 1),
+        device="cpu",
+    )
     return mc, tc
 
 
@@ -76,11 +90,17 @@ def _child(job: dict) -> dict:
     data = load_data(tc)
     t = time.perf_counter()
     result = train(mc, tc, data=data)
-    return {"train_wall_s": time.perf_counter() - t, "val_bpc": result.metrics["val_bpc"], "n_params": count_parameters(mc)}
+    return {
+        "train_wall_s": time.perf_counter() - t,
+        "val_bpc": result.metrics["val_bpc"],
+        "n_params": count_parameters(mc),
+    }
 
 
 def run_child(job: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True, cwd=ROOT
+    )
     if proc.returncode != 0:
         raise SystemExit(f"child failed ({job['what']} {job['entry'][0]}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -99,10 +119,18 @@ def spread(values: list[float]) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kind", choices=["train", "decode"], default="train")
-    p.add_argument("--seconds", type=float, default=2.0, help="measure_cost's time per measurement (the study file's cost.seconds)")
-    p.add_argument("--rank", action="store_true", help="also the rank correlation with real training time (needs a quiet machine)")
+    p.add_argument(
+        "--seconds", type=float, default=2.0, help="measure_cost's time per measurement (the study file's cost.seconds)"
+    )
+    p.add_argument(
+        "--rank", action="store_true", help="also the rank correlation with real training time (needs a quiet machine)"
+    )
     p.add_argument("--tokens", type=int, default=614_400, help="training tokens per configuration for --rank")
-    p.add_argument("--quick", action="store_true", help="a smoke test of this bench: short measurements, --rank on 3 configurations")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test of this bench: short measurements, --rank on 3 configurations",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -125,20 +153,28 @@ def main() -> int:
             time.sleep(0.5)  # let them take their cores first
         try:
             load = os.getloadavg()[0]
-            r = run_child({"what": "cost", "entry": STABLE_CONFIG, "vocab": vocab, "kind": args.kind, "seconds": args.seconds})
+            r = run_child(
+                {"what": "cost", "entry": STABLE_CONFIG, "vocab": vocab, "kind": args.kind, "seconds": args.seconds}
+            )
         finally:
             for b in burners:
                 b.kill()
                 b.join()
         runs.append({"run": label, "load_1min": round(load, 2), **r})
 
-    print(f"{args.kind} cost of {STABLE_CONFIG[0]} ({runs[0]['n_params']:,} params, batch {BATCH} x {SEQ_LEN}, 1 thread), "
-          f"three fresh processes, {args.seconds:g} s each:")
-    print("| run | cost ratio | clock | round low..high | wall-time ratio | rounds | model tokens/s | reference tokens/s |")
+    print(
+        f"{args.kind} cost of {STABLE_CONFIG[0]} ({runs[0]['n_params']:,} params, batch {BATCH} x {SEQ_LEN}, 1 thread), "
+        f"three fresh processes, {args.seconds:g} s each:"
+    )
+    print(
+        "| run | cost ratio | clock | round low..high | wall-time ratio | rounds | model tokens/s | reference tokens/s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in runs:
-        print(f"| {r['run']} | {r['ratio']:.4f} | {r['clock']} | {r['low']:.3f}..{r['high']:.3f} | {r['wall_ratio']:.4f} | {r['rounds']} | "
-              f"{r['model_tokens_per_s']:,.0f} | {r['reference_tokens_per_s']:,.0f} |")
+        print(
+            f"| {r['run']} | {r['ratio']:.4f} | {r['clock']} | {r['low']:.3f}..{r['high']:.3f} | {r['wall_ratio']:.4f} | {r['rounds']} | "
+            f"{r['model_tokens_per_s']:,.0f} | {r['reference_tokens_per_s']:,.0f} |"
+        )
     ratios = [r["ratio"] for r in runs]
     speeds = [r["model_tokens_per_s"] for r in runs]
     print(f"ratio spread {spread(ratios):+.1%} (target <= 5%); raw tokens/s spread {spread(speeds):.1%}")
@@ -158,18 +194,31 @@ def main() -> int:
         print("| configuration | params | train_cost | training wall s | val_bpc |")
         print("| --- | --- | --- | --- | --- |")
         for r in sorted(rows, key=lambda r: r["train_cost"]):
-            print(f"| {r['config']} | {r['n_params']:,} | {r['train_cost']:.3f} | {r['train_wall_s']:.1f} | {r['val_bpc']:.4f} |")
+            print(
+                f"| {r['config']} | {r['n_params']:,} | {r['train_cost']:.3f} | {r['train_wall_s']:.1f} | {r['val_bpc']:.4f} |"
+            )
         print(f"Spearman rank correlation {rank:.3f} over {len(rows)} configurations (target >= 0.9)")
 
-    print(json.dumps({
-        "bench": "cost_stability", "kind": args.kind, "config": STABLE_CONFIG[0], "seconds": args.seconds,
-        "ratios": [round(x, 4) for x in ratios], "ratio_spread": round(spread(ratios), 4), "clock": runs[0]["clock"],
-        "wall_ratios": [round(r["wall_ratio"], 4) for r in runs], "wall_ratio_spread": round(spread([r["wall_ratio"] for r in runs]), 4),
-        "tokens_per_s": [round(x, 1) for x in speeds], "tokens_per_s_spread": round(spread(speeds), 4),
-        "loads": [r["load_1min"] for r in runs],
-        "rank_spearman": round(rank, 4) if rank is not None else None,
-        "rank": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "cost_stability",
+                "kind": args.kind,
+                "config": STABLE_CONFIG[0],
+                "seconds": args.seconds,
+                "ratios": [round(x, 4) for x in ratios],
+                "ratio_spread": round(spread(ratios), 4),
+                "clock": runs[0]["clock"],
+                "wall_ratios": [round(r["wall_ratio"], 4) for r in runs],
+                "wall_ratio_spread": round(spread([r["wall_ratio"] for r in runs]), 4),
+                "tokens_per_s": [round(x, 1) for x in speeds],
+                "tokens_per_s_spread": round(spread(speeds), 4),
+                "loads": [r["load_1min"] for r in runs],
+                "rank_spearman": round(rank, 4) if rank is not None else None,
+                "rank": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+            }
+        )
+    )
     return 0
 
 

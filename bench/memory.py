@@ -21,6 +21,7 @@ worst_under, also per study. --quick: 4 smoke trials.
 
     python bench/memory.py --trials [--quick] [--dataset ../shared/data/tinystories]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,32 @@ CONFIGS: dict[str, tuple[dict, int, int]] = {
     "tiny": (dict(vocab_size=256, dim=64, n_layers=2, heads=uniform(4, 16), max_seq_len=64), 8, 64),
     "fractal": (dict(vocab_size=256, dim=96, n_layers=4, heads=fractal(32, 3), max_seq_len=256), 16, 256),
     "geometric": (dict(vocab_size=512, dim=96, n_layers=3, heads=geometric(32, 8, count=2), max_seq_len=512), 8, 512),
-    "explicit": (dict(vocab_size=1024, dim=128, n_layers=3, heads=explicit([48, 32, 16, 16, 8, 8]), max_seq_len=128), 8, 128),
-    "per_layer": (dict(vocab_size=256, dim=128, n_layers=4, max_seq_len=256, heads=[
-        uniform(4, 32), fractal(64, 3), geometric(32, 8, width=32), explicit([48, 32, 16, 16, 8])]), 8, 256),
-    "gqa_fractal": (dict(vocab_size=2048, dim=128, n_layers=4, heads=fractal(64, 4), kv_share=2, max_seq_len=256), 4, 256),
-    "gqa_uniform": (dict(vocab_size=1024, dim=96, n_layers=3, heads=uniform(6, 16), kv_share=3, max_seq_len=256), 16, 256),
+    "explicit": (
+        dict(vocab_size=1024, dim=128, n_layers=3, heads=explicit([48, 32, 16, 16, 8, 8]), max_seq_len=128),
+        8,
+        128,
+    ),
+    "per_layer": (
+        dict(
+            vocab_size=256,
+            dim=128,
+            n_layers=4,
+            max_seq_len=256,
+            heads=[uniform(4, 32), fractal(64, 3), geometric(32, 8, width=32), explicit([48, 32, 16, 16, 8])],
+        ),
+        8,
+        256,
+    ),
+    "gqa_fractal": (
+        dict(vocab_size=2048, dim=128, n_layers=4, heads=fractal(64, 4), kv_share=2, max_seq_len=256),
+        4,
+        256,
+    ),
+    "gqa_uniform": (
+        dict(vocab_size=1024, dim=96, n_layers=3, heads=uniform(6, 16), kv_share=3, max_seq_len=256),
+        16,
+        256,
+    ),
     "deep_narrow": (dict(vocab_size=256, dim=64, n_layers=12, heads=uniform(2, 32), max_seq_len=256), 16, 256),
     "wide_shallow": (dict(vocab_size=2048, dim=384, n_layers=2, heads=uniform(6, 64), max_seq_len=64), 8, 64),
     "param_heavy": (dict(vocab_size=8192, dim=640, n_layers=4, heads=uniform(10, 64), max_seq_len=32), 2, 32),
@@ -60,8 +82,11 @@ CONFIGS: dict[str, tuple[dict, int, int]] = {
 QUICK: dict[str, tuple[dict, int, int]] = {
     "tiny": CONFIGS["tiny"],
     "small_gqa": (dict(vocab_size=512, dim=64, n_layers=2, heads=fractal(32, 3), kv_share=2, max_seq_len=128), 8, 128),
-    "small_per_layer": (dict(vocab_size=1024, dim=64, n_layers=2, max_seq_len=128, heads=[
-        uniform(2, 32), geometric(32, 8, width=32)]), 8, 128),
+    "small_per_layer": (
+        dict(vocab_size=1024, dim=64, n_layers=2, max_seq_len=128, heads=[uniform(2, 32), geometric(32, 8, width=32)]),
+        8,
+        128,
+    ),
 }
 
 # --trials: study file, name in the table, tokens per trial, batch sizes (None: the study's), trials per run
@@ -109,10 +134,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{err:>+7.1%} {time.perf_counter() - t0:>5.1f}",
             flush=True,
         )
-    print(json.dumps({
-        "bench": "memory", "device": device, "configs": len(errors),
-        "worst_over": round(max(0.0, max(errors)), 4), "worst_under": round(min(0.0, min(errors)), 4),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "memory",
+                "device": device,
+                "configs": len(errors),
+                "worst_over": round(max(0.0, max(errors)), 4),
+                "worst_under": round(min(0.0, min(errors)), 4),
+            }
+        )
+    )
     return 0
 
 
@@ -120,47 +152,76 @@ def trials_main(studies: list, dataset: str) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="mfha-memory-") as folder:
         for path, name, tokens, batch_sizes, n_trials in studies:
-            rows += [{**r, "study": name} for r in trial_rows(trial_study(path, name, tokens, batch_sizes, n_trials, dataset, Path(folder)))]
+            rows += [
+                {**r, "study": name}
+                for r in trial_rows(trial_study(path, name, tokens, batch_sizes, n_trials, dataset, Path(folder)))
+            ]
     if not rows:
         raise SystemExit("no trial trained: nothing to compare")
     print_trials(rows)
     errors = [r["error"] for r in rows]
-    result = {"bench": "memory", "mode": "trials", "trials": len(rows),
-              "worst_over": round(max(errors), 4), "worst_under": round(min(errors), 4), "studies": {}}
+    result = {
+        "bench": "memory",
+        "mode": "trials",
+        "trials": len(rows),
+        "worst_over": round(max(errors), 4),
+        "worst_under": round(min(errors), 4),
+        "studies": {},
+    }
     for name in dict.fromkeys(r["study"] for r in rows):
         errs = [r["error"] for r in rows if r["study"] == name]
-        result["studies"][name] = {"trials": len(errs), "worst_over": round(max(errs), 4), "worst_under": round(min(errs), 4)}
+        result["studies"][name] = {
+            "trials": len(errs),
+            "worst_over": round(max(errs), 4),
+            "worst_under": round(min(errs), 4),
+        }
     print(json.dumps(result))
     return 0
 
 
 def print_trials(rows: list[dict]) -> None:
-    header = (f"{'study':<6} {'trial':>5} {'heads':<30} {'params':>8} {'B':>3} {'V':>4} {'baseline':>8} "
-              f"{'model':>6} {'forecast MiB':>12} {'measured MiB':>12} {'error':>7}")
-    print(f"baseline: the run's trial process as measured (a fresh process's: {framework_baseline_bytes() / 2**20:.0f} MiB); "
-          f"model: the forecast less the baseline. Every row is held out: mfha.memory's constants were fitted on this "
-          f"bench's fresh-process configs")
+    header = (
+        f"{'study':<6} {'trial':>5} {'heads':<30} {'params':>8} {'B':>3} {'V':>4} {'baseline':>8} "
+        f"{'model':>6} {'forecast MiB':>12} {'measured MiB':>12} {'error':>7}"
+    )
+    print(
+        f"baseline: the run's trial process as measured (a fresh process's: {framework_baseline_bytes() / 2**20:.0f} MiB); "
+        f"model: the forecast less the baseline. Every row is held out: mfha.memory's constants were fitted on this "
+        f"bench's fresh-process configs"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         heads = r["heads"] if len(r["heads"]) <= 30 else r["heads"][:27] + "..."
-        print(f"{r['study']:<6} {r['trial']:>5} {heads:<30} {r['params']:>8,} {r['B']:>3} {r['V']:>4} "
-              f"{r['baseline'] / 2**20:>8.0f} {r['model'] / 2**20:>6.1f} {r['forecast'] / 2**20:>12.1f} "
-              f"{r['measured'] / 2**20:>12.1f} {r['error']:>+7.1%}", flush=True)
+        print(
+            f"{r['study']:<6} {r['trial']:>5} {heads:<30} {r['params']:>8,} {r['B']:>3} {r['V']:>4} "
+            f"{r['baseline'] / 2**20:>8.0f} {r['model'] / 2**20:>6.1f} {r['forecast'] / 2**20:>12.1f} "
+            f"{r['measured'] / 2**20:>12.1f} {r['error']:>+7.1%}",
+            flush=True,
+        )
 
 
-def trial_study(path: Path, name: str, tokens: int, batch_sizes: tuple | None, n_trials: int, dataset: str, folder: Path):
+def trial_study(
+    path: Path, name: str, tokens: int, batch_sizes: tuple | None, n_trials: int, dataset: str, folder: Path
+):
     """Run the study file's study, its token budget cut to `tokens`; returns the optuna study."""
     import optuna
 
     from search import load_study_file, run_study
 
-    base = load_study_file(path).with_overrides(dataset=dataset, storage=f"sqlite:///{folder}/{name}.db", n_trials=n_trials)
+    base = load_study_file(path).with_overrides(
+        dataset=dataset, storage=f"sqlite:///{folder}/{name}.db", n_trials=n_trials
+    )
     config = replace(
-        base, name=f"memory-{name}", timeout_s=None, validation=None,
+        base,
+        name=f"memory-{name}",
+        timeout_s=None,
+        validation=None,
         space=replace(base.space, batch_size=batch_sizes or base.space.batch_size),
         # the pruner keeps the study's settings: its warm-up, counted in tokens, outlasts this budget
-        tokens=tokens, eval_tokens=tokens // 2, warmup_tokens=tokens // 10,
+        tokens=tokens,
+        eval_tokens=tokens // 2,
+        warmup_tokens=tokens // 10,
     )
     run_study(config, progress=False, log=lambda msg: None)
     return optuna.load_study(study_name=config.name, storage=config.storage)
@@ -176,11 +237,20 @@ def trial_rows(study) -> list[dict]:
         tc = TrainConfig.from_dict(a["train_config"])
         model = forecast_parts(ModelConfig.from_dict(a["model_config"]), tc, "cpu", baseline_bytes=0)["peak"]
         forecast, measured = a["forecast_peak_mib"] * 2**20, a["peak_mem_mib"] * 2**20
-        rows.append({
-            "trial": t.number, "heads": a["heads"], "params": a["n_params"], "B": tc.batch_size,
-            "V": a["model_config"]["vocab_size"], "baseline": forecast - model, "model": model, "forecast": forecast,
-            "measured": measured, "error": forecast / measured - 1,
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "heads": a["heads"],
+                "params": a["n_params"],
+                "B": tc.batch_size,
+                "V": a["model_config"]["vocab_size"],
+                "baseline": forecast - model,
+                "model": model,
+                "forecast": forecast,
+                "measured": measured,
+                "error": forecast / measured - 1,
+            }
+        )
     return rows
 
 

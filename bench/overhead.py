@@ -17,6 +17,7 @@
 
 Last line: {"bench": "overhead", "overhead_share": x, "suggest_s_at_1000": y}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,9 @@ def trial_overhead(n_trials: int, folder: Path) -> dict:
 
     from search import load_study_file, run_study
 
-    config = load_study_file(SMOKE).with_overrides(dataset=DATASET, storage=f"sqlite:///{folder}/overhead.db", n_trials=n_trials)
+    config = load_study_file(SMOKE).with_overrides(
+        dataset=DATASET, storage=f"sqlite:///{folder}/overhead.db", n_trials=n_trials
+    )
     config = replace(config, name="overhead", space=replace(config.space, batch_size=(16,)), timeout_s=None)
     torch.set_num_threads(config.threads or torch.get_num_threads())
     # the trials' configurations, from a dry run of the same seeded study (the sampler does not look
@@ -53,12 +56,17 @@ def trial_overhead(n_trials: int, folder: Path) -> dict:
     loop = summary.timings["optimize_s"]
     study = optuna.load_study(study_name="overhead", storage=config.storage)
     if _trainings(study) != _trainings(dry_study):
-        raise SystemExit("the dry run trained other configurations than the measured one; the reference would not match")
+        raise SystemExit(
+            "the dry run trained other configurations than the measured one; the reference would not match"
+        )
     after = _reference(study)
     reference = (before + after) / 2
     return {
-        "trials": summary.new_trials, "loop_s": round(loop, 2), "train_s_in_trials": round(summary.train_s, 2),
-        "train_s_reference_before": round(before, 2), "train_s_reference_after": round(after, 2),
+        "trials": summary.new_trials,
+        "loop_s": round(loop, 2),
+        "train_s_in_trials": round(summary.train_s, 2),
+        "train_s_reference_before": round(before, 2),
+        "train_s_reference_after": round(after, 2),
         "train_s_reference": round(reference, 2),
         "overhead_s_per_trial": round((loop - reference) / summary.new_trials, 3),
         "overhead_share": round((loop - reference) / loop, 4),
@@ -106,8 +114,12 @@ def suggest_time(n_fill: int, folder: Path, repeats: int = 5) -> dict:
     url = f"sqlite:///{folder}/suggest.db"
     fill_s = fill(url, n_fill)
     times = suggest_times(url, repeats)
-    return {"finished_trials": n_fill, "fill_s": round(fill_s, 1), "suggest_s": [round(x, 3) for x in times],
-            "suggest_s_median": round(statistics.median(times), 3)}
+    return {
+        "finished_trials": n_fill,
+        "fill_s": round(fill_s, 1),
+        "suggest_s": [round(x, 3) for x in times],
+        "suggest_s_median": round(statistics.median(times), 3),
+    }
 
 
 def main() -> None:
@@ -125,14 +137,25 @@ def main() -> None:
         print(json.dumps({"part": "suggestion", **sug}), flush=True)
     print(f"{'measure':<36} {'value':>10}")
     for label, value in (
-        ("smoke trials", over["trials"]), ("study loop wall s", over["loop_s"]),
+        ("smoke trials", over["trials"]),
+        ("study loop wall s", over["loop_s"]),
         ("same trainings in one warm process s", over["train_s_reference"]),
-        ("overhead per trial s", over["overhead_s_per_trial"]), ("overhead share (target < 2%)", f"{over['overhead_share']:.2%}"),
-        ("outside train() per trial s", over["outside_train_s_per_trial"]), ("outside train() share", f"{over['outside_train_share']:.2%}"),
+        ("overhead per trial s", over["overhead_s_per_trial"]),
+        ("overhead share (target < 2%)", f"{over['overhead_share']:.2%}"),
+        ("outside train() per trial s", over["outside_train_s_per_trial"]),
+        ("outside train() share", f"{over['outside_train_share']:.2%}"),
         (f"TPE suggest s at {args.fill} (target < 0.5)", sug["suggest_s_median"]),
     ):
         print(f"{label:<36} {value:>10}")
-    print(json.dumps({"bench": "overhead", "overhead_share": over["overhead_share"], f"suggest_s_at_{args.fill}": sug["suggest_s_median"]}))
+    print(
+        json.dumps(
+            {
+                "bench": "overhead",
+                "overhead_share": over["overhead_share"],
+                f"suggest_s_at_{args.fill}": sug["suggest_s_median"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ every core as before.
 
 Last line: {"bench": "side_by_side", "workers_wall_s": x, "separate_wall_s": y, "ratio": y / x, ...}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,22 @@ def derived_study(folder: Path, *, equal_work: bool, all_cores: bool) -> Path:
     return path
 
 
-def start(folder: Path, name: str, *extra: str, study: Path, dataset: str | None, env: dict) -> tuple[subprocess.Popen, Path]:
+def start(
+    folder: Path, name: str, *extra: str, study: Path, dataset: str | None, env: dict
+) -> tuple[subprocess.Popen, Path]:
     """`run_search.py run` on the smoke study into its own store; stderr goes to NAME.log."""
     log = folder / f"{name}.log"
-    cmd = [sys.executable, "run_search.py", "run", "--study", str(study), "--storage", f"sqlite:///{folder}/{name}.db", "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        "run_search.py",
+        "run",
+        "--study",
+        str(study),
+        "--storage",
+        f"sqlite:///{folder}/{name}.db",
+        "--no-progress",
+        *extra,
+    ]
     if dataset:
         cmd += ["--dataset", dataset]
     with open(log, "w") as err:
@@ -83,33 +96,54 @@ def _outcome(folder: Path, name: str, log: Path) -> dict:
     ts = study.get_trials(deepcopy=False)
     done = [t for t in ts if t.duration is not None]
     states = {s: sum(t.state.name == s for t in ts) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    return {"first_line": log.read_text().splitlines()[0], **{k.lower(): v for k, v in states.items()},
-            "trial_s": round(sum(t.duration.total_seconds() for t in done), 1),
-            "threads": sorted({t.user_attrs.get("threads") for t in done if t.user_attrs.get("threads")})}
+    return {
+        "first_line": log.read_text().splitlines()[0],
+        **{k.lower(): v for k, v in states.items()},
+        "trial_s": round(sum(t.duration.total_seconds() for t in done), 1),
+        "threads": sorted({t.user_attrs.get("threads") for t in done if t.user_attrs.get("threads")}),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=12, help="trials per separate run; the --workers 2 run does twice as many")
+    p.add_argument(
+        "--trials", type=int, default=12, help="trials per separate run; the --workers 2 run does twice as many"
+    )
     p.add_argument("--rounds", type=int, default=2, help="rounds, alternating which way goes first")
-    p.add_argument("--dataset", default=str(SHARED) if SHARED.exists() else None,
-                   help="--dataset of every run (default: ../shared/data/tinystories if present, else the study's own)")
-    p.add_argument("--as-shipped", action="store_true", help="the smoke study file unchanged (baselines, both batch sizes, median pruner)")
-    p.add_argument("--all-cores", action="store_true", help="threads = 0 (each run wants every core), and a third way with the host slots off")
+    p.add_argument(
+        "--dataset",
+        default=str(SHARED) if SHARED.exists() else None,
+        help="--dataset of every run (default: ../shared/data/tinystories if present, else the study's own)",
+    )
+    p.add_argument(
+        "--as-shipped",
+        action="store_true",
+        help="the smoke study file unchanged (baselines, both batch sizes, median pruner)",
+    )
+    p.add_argument(
+        "--all-cores",
+        action="store_true",
+        help="threads = 0 (each run wants every core), and a third way with the host slots off",
+    )
     p.add_argument("--keep", metavar="DIR", help="keep the stores, logs and cache in DIR (default: a temporary folder)")
     p.add_argument("--quick", action="store_true", help="2 trials per run, one round: a smoke test of this bench")
     args = p.parse_args()
     if args.quick:
         args.trials, args.rounds = 2, 1
     load = os.getloadavg()
-    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {len(os.sched_getaffinity(0))} cores", flush=True)
+    print(
+        f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {len(os.sched_getaffinity(0))} cores",
+        flush=True,
+    )
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MFHA_CACHE": str(Path(tmp) / "cache"), "HF_HUB_OFFLINE": "1"}
         study = derived_study(Path(tmp), equal_work=not args.as_shipped, all_cores=args.all_cores)
-        timed(Path(tmp), {"warmup": ("--n-trials", "1")}, study=study, dataset=args.dataset, env=env)  # fills the data cache
+        timed(
+            Path(tmp), {"warmup": ("--n-trials", "1")}, study=study, dataset=args.dataset, env=env
+        )  # fills the data cache
         order = ["workers", "separate"] + (["no-slots"] if args.all_cores else [])
         for r in range(args.rounds):
             pair = ("--n-trials", str(args.trials))
@@ -118,24 +152,47 @@ def main() -> None:
                 "separate": ({f"a{r}": pair, f"b{r}": pair}, env),
                 "no-slots": ({f"c{r}": pair, f"d{r}": pair}, {**env, "MFHA_HOST_SLOTS": "0"}),
             }
-            for way in (order if r % 2 == 0 else order[::-1]):
+            for way in order if r % 2 == 0 else order[::-1]:
                 runs, way_env = ways[way]
                 result = timed(Path(tmp), runs, study=study, dataset=args.dataset, env=way_env)
                 rows.append({"round": r, "way": way, **result})
                 print(json.dumps(rows[-1]), flush=True)
     walls = {way: round(sum(row["wall_s"] for row in rows if row["way"] == way), 1) for way in order}
     workers, separate = walls["workers"], walls["separate"]
-    print(f"\n{'round':>5} {'way':<9} {'wall_s':>7} {'trials':>6} {'complete':>8} {'pruned':>6} {'trial_s':>8}  threads  first line")
+    print(
+        f"\n{'round':>5} {'way':<9} {'wall_s':>7} {'trials':>6} {'complete':>8} {'pruned':>6} {'trial_s':>8}  threads  first line"
+    )
     for row in rows:
         for name, o in row["runs"].items():
-            print(f"{row['round']:>5} {row['way']:<9} {row['wall_s']:>7} {o['complete'] + o['pruned']:>6} {o['complete']:>8} "
-                  f"{o['pruned']:>6} {o['trial_s']:>8}  {o['threads']!s:<7}  {name}: {o['first_line']}")
-    print(f"total wall: {', '.join(f'{way} {wall:.1f} s' for way, wall in walls.items())}; "
-          f"ratio separate / workers {separate / workers:.3f} (target <= 1.15)")
-    extra = {"no_slots_wall_s": walls["no-slots"], "no_slots_ratio": round(walls["no-slots"] / workers, 3)} if args.all_cores else {}
-    print(json.dumps({"bench": "side_by_side", "study": ("smoke" if args.as_shipped else "smoke, equal work") + (", all cores" if args.all_cores else ""),
-                      "trials_per_run": args.trials, "rounds": args.rounds, "load_at_start": round(load[0], 2),
-                      "workers_wall_s": workers, "separate_wall_s": separate, "ratio": round(separate / workers, 3), **extra}))
+            print(
+                f"{row['round']:>5} {row['way']:<9} {row['wall_s']:>7} {o['complete'] + o['pruned']:>6} {o['complete']:>8} "
+                f"{o['pruned']:>6} {o['trial_s']:>8}  {o['threads']!s:<7}  {name}: {o['first_line']}"
+            )
+    print(
+        f"total wall: {', '.join(f'{way} {wall:.1f} s' for way, wall in walls.items())}; "
+        f"ratio separate / workers {separate / workers:.3f} (target <= 1.15)"
+    )
+    extra = (
+        {"no_slots_wall_s": walls["no-slots"], "no_slots_ratio": round(walls["no-slots"] / workers, 3)}
+        if args.all_cores
+        else {}
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "side_by_side",
+                "study": ("smoke" if args.as_shipped else "smoke, equal work")
+                + (", all cores" if args.all_cores else ""),
+                "trials_per_run": args.trials,
+                "rounds": args.rounds,
+                "load_at_start": round(load[0], 2),
+                "workers_wall_s": workers,
+                "separate_wall_s": separate,
+                "ratio": round(separate / workers, 3),
+                **extra,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

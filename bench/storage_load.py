@@ -18,6 +18,7 @@ Targets: suggestion < 0.5 s, show < 2 s, dashboard API < 2 s.
 
 Last line: {"bench": "storage_load", "sqlite": {...}, "postgresql": {...}}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,7 @@ def fill(url: str, n: int, *, seed: int = 0) -> float:
     storage = make_storage(url, heartbeat_interval=None)
     study = optuna.create_study(study_name=NAME, storage=storage, direction="minimize")
     for i in range(0, n, 100):
-        study.add_trials(trials[i:i + 100])
+        study.add_trials(trials[i : i + 100])
     return time.perf_counter() - t0
 
 
@@ -74,23 +75,43 @@ def _shaped(i: int, cand, frozen, rng: random.Random):
     pruned = rng.random() < 0.4
     steps = [40, 80] if pruned else [40, 80, 120, 160, 200]
     attrs = {
-        **cand.attrs, "config_key": f"{i:020x}", "model_config": cand.model_config.to_dict(),
-        "train_config": cand.train_config.to_dict(), "forecast_peak_mib": round(300 + 40 * rng.random(), 1),
-        "allocated": True, "peak_mem_mib": round(290 + 30 * rng.random(), 1), "steps": steps[-1],
-        "tokens_per_s": round(20000 + 5000 * rng.random(), 1), "train_s": round(5 + rng.random(), 3),
-        "worker": f"bench:{1000 + i % 3}", "threads": 1,
+        **cand.attrs,
+        "config_key": f"{i:020x}",
+        "model_config": cand.model_config.to_dict(),
+        "train_config": cand.train_config.to_dict(),
+        "forecast_peak_mib": round(300 + 40 * rng.random(), 1),
+        "allocated": True,
+        "peak_mem_mib": round(290 + 30 * rng.random(), 1),
+        "steps": steps[-1],
+        "tokens_per_s": round(20000 + 5000 * rng.random(), 1),
+        "train_s": round(5 + rng.random(), 3),
+        "worker": f"bench:{1000 + i % 3}",
+        "threads": 1,
     }
     if pruned:
-        attrs.update(prune_kind="loss", prune_reason=f"lagging loss (median pruner): val_bpc {value + 1:.4f} at step 80; "
-                                                     f"other trials at step 80: median {value:.4f}, best {value - 0.5:.4f} (n=40)")
+        attrs.update(
+            prune_kind="loss",
+            prune_reason=f"lagging loss (median pruner): val_bpc {value + 1:.4f} at step 80; "
+            f"other trials at step 80: median {value:.4f}, best {value - 0.5:.4f} (n=40)",
+        )
     artifacts = {}
-    for name, mime in (("model_config.json", "application/json"), ("train_config.json", "application/json"),
-                       ("metrics.csv", "text/csv"), ("loss_curve.png", "image/png")):
+    for name, mime in (
+        ("model_config.json", "application/json"),
+        ("train_config.json", "application/json"),
+        ("metrics.csv", "text/csv"),
+        ("loss_curve.png", "image/png"),
+    ):
         aid = str(uuid.UUID(int=rng.getrandbits(128)))
-        artifacts[f"artifacts:{aid}"] = json.dumps({"artifact_id": aid, "filename": name, "mimetype": mime, "encoding": None})
+        artifacts[f"artifacts:{aid}"] = json.dumps(
+            {"artifact_id": aid, "filename": name, "mimetype": mime, "encoding": None}
+        )
     return create_trial(
-        state=TrialState.PRUNED if pruned else TrialState.COMPLETE, value=None if pruned else value,
-        params=frozen.params, distributions=frozen.distributions, user_attrs=attrs, system_attrs=artifacts,
+        state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
+        value=None if pruned else value,
+        params=frozen.params,
+        distributions=frozen.distributions,
+        user_attrs=attrs,
+        system_attrs=artifacts,
         intermediate_values={s: value + (200 - s) / 100 for s in steps},
     )
 
@@ -103,7 +124,9 @@ def suggest_time(url: str, repeats: int) -> list[float]:
 
     space = SearchSpace(load_study_file(SMOKE), {None: CHAR_VOCAB})
     # no heartbeat: these trials are asked by hand, outside `optimize`
-    study = optuna.load_study(study_name=NAME, storage=make_storage(url, heartbeat_interval=None), sampler=space.make_sampler())
+    study = optuna.load_study(
+        study_name=NAME, storage=make_storage(url, heartbeat_interval=None), sampler=space.make_sampler()
+    )
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -118,8 +141,13 @@ def show_time(url: str, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "run_search.py", "show", "--study", NAME, "--storage", url], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "run_search.py", "show", "--study", NAME, "--storage", url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         times.append(time.perf_counter() - t0)
         if proc.returncode != 0:
             raise RuntimeError(f"show failed: {proc.stderr[-2000:]}")
@@ -141,9 +169,23 @@ def show_inproc_time(url: str, repeats: int) -> list[float]:
 
 def api_times(url: str, repeats: int, folder: Path) -> tuple[float, list[float], int]:
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "run_search.py", "dashboard", "--storage", url, "--port", str(port),
-                               "--artifacts", str(folder / "artifacts")], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "run_search.py",
+            "dashboard",
+            "--storage",
+            url,
+            "--port",
+            str(port),
+            "--artifacts",
+            str(folder / "artifacts"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -153,7 +195,9 @@ def api_times(url: str, repeats: int, folder: Path) -> tuple[float, list[float],
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the dashboard did not answer: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}")
+                    raise RuntimeError(
+                        f"the dashboard did not answer: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}"
+                    )
                 time.sleep(0.2)
         (sid,) = [s["study_id"] for s in studies["study_summaries"] if s["study_name"] == NAME]
         t0 = time.perf_counter()
@@ -194,8 +238,9 @@ def _hammer(url: str, n_trials: int, queue, go) -> None:
     # the heartbeat stays on (its writes are part of a real worker's load); Optuna warns that ask/tell
     # with a heartbeat is meant for optimize(), once per trial
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-    study = optuna.load_study(study_name="contention", storage=make_storage(url),
-                              sampler=optuna.samplers.RandomSampler())
+    study = optuna.load_study(
+        study_name="contention", storage=make_storage(url), sampler=optuna.samplers.RandomSampler()
+    )
     errors, done = [], 0
     queue.put("ready")
     go.wait()
@@ -238,8 +283,13 @@ def contention(url: str, workers: int, n_trials: int) -> dict:
         p.join(30)
     errors = [e for _, errs in results for e in errs]
     done = sum(d for d, _ in results)
-    return {"workers": workers, "trials": done, "trials_per_s": round(done / wall, 1), "lock_errors": len(errors),
-            "first_error": errors[0] if errors else None}
+    return {
+        "workers": workers,
+        "trials": done,
+        "trials_per_s": round(done / wall, 1),
+        "lock_errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
 
 
 def measure(url: str, n: int, folder: Path, *, repeats: int) -> dict:
@@ -252,10 +302,16 @@ def measure(url: str, n: int, folder: Path, *, repeats: int) -> dict:
         raise RuntimeError(f"the dashboard listed {listed} trials, expected at least {n}")
     busy = contention(url, 4 if repeats > 1 else 2, 25 if repeats > 1 else 5)
     return {
-        "trials": n, "fill_s": round(fill_s, 2),
-        "suggest_s": round(statistics.median(suggest), 4), "suggest_max_s": round(max(suggest), 4),
-        "show_s": round(statistics.median(show), 3), "show_inproc_s": round(statistics.median(show_inproc), 3), "api_cold_s": round(cold, 3), "api_warm_s": round(statistics.median(warm), 3),
-        "contention_trials_per_s": busy["trials_per_s"], "contention_lock_errors": busy["lock_errors"],
+        "trials": n,
+        "fill_s": round(fill_s, 2),
+        "suggest_s": round(statistics.median(suggest), 4),
+        "suggest_max_s": round(max(suggest), 4),
+        "show_s": round(statistics.median(show), 3),
+        "show_inproc_s": round(statistics.median(show_inproc), 3),
+        "api_cold_s": round(cold, 3),
+        "api_warm_s": round(statistics.median(warm), 3),
+        "contention_trials_per_s": busy["trials_per_s"],
+        "contention_lock_errors": busy["lock_errors"],
     }
 
 
@@ -295,8 +351,18 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--backends takes sqlite and postgresql, but got {unknown[0]!r}")
     results = {b: runners[b](n, repeats) for b in backends}
 
-    cols = ["trials", "fill_s", "suggest_s", "suggest_max_s", "show_s", "show_inproc_s", "api_cold_s", "api_warm_s",
-            "contention_trials_per_s", "contention_lock_errors"]
+    cols = [
+        "trials",
+        "fill_s",
+        "suggest_s",
+        "suggest_max_s",
+        "show_s",
+        "show_inproc_s",
+        "api_cold_s",
+        "api_warm_s",
+        "contention_trials_per_s",
+        "contention_lock_errors",
+    ]
     print("| backend | " + " | ".join(cols) + " |")
     print("| --- " * (len(cols) + 1) + "|")
     for b, r in results.items():

@@ -5,6 +5,7 @@
 Runs alternate (reference, trainer, reference, trainer, ...) so load on the machine hits both alike;
 the median of each is compared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,11 @@ def trainer_tokens_per_s(model_config: ModelConfig, tc: TrainConfig, data, steps
     """Over the same `steps` steps the reference times: every evaluation window after the first, whose
     10 steps are the warm-up the reference leaves out too. A window's tokens/s counts training time
     only (the trainer stops its clock for evaluation), so the windows' times add up to the steps'."""
-    result = train(model_config, TrainConfig.from_dict({**tc.to_dict(), "max_steps": WARMUP + steps, "eval_interval": WARMUP}), data=data)
+    result = train(
+        model_config,
+        TrainConfig.from_dict({**tc.to_dict(), "max_steps": WARMUP + steps, "eval_interval": WARMUP}),
+        data=data,
+    )
     timed = result.history[1:]
     tokens = [(m["step"] - before["step"]) * tc.batch_size * tc.seq_len for before, m in zip(result.history, timed)]
     assert sum(tokens) == steps * tc.batch_size * tc.seq_len, (len(result.history), steps)
@@ -59,7 +64,9 @@ def main() -> int:
     p.add_argument("--dataset", default=DATASET)
     args = p.parse_args()
     model_config = ModelConfig(dim=128, n_layers=4, heads=fractal(64, 3), max_seq_len=128)
-    tc = TrainConfig(dataset=args.dataset, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=10, eval_windows=8, device="cpu")
+    tc = TrainConfig(
+        dataset=args.dataset, batch_size=16, seq_len=128, lr=2e-3, warmup_steps=10, eval_windows=8, device="cpu"
+    )
     data = load_data(tc)
     from dataclasses import replace
 
@@ -73,7 +80,16 @@ def main() -> int:
     print(f"{'loop':12s} {'median tok/s':>12s}  runs")
     print(f"{'reference':12s} {ref_med:12.0f}  {', '.join(f'{v:.0f}' for v in ref)}")
     print(f"{'trainer':12s} {ours_med:12.0f}  {', '.join(f'{v:.0f}' for v in ours)}")
-    print(json.dumps({"bench": "train_throughput", "tokens_per_s": round(ours_med), "reference_tokens_per_s": round(ref_med), "ratio": round(ours_med / ref_med, 3)}))
+    print(
+        json.dumps(
+            {
+                "bench": "train_throughput",
+                "tokens_per_s": round(ours_med),
+                "reference_tokens_per_s": round(ref_med),
+                "ratio": round(ours_med / ref_med, 3),
+            }
+        )
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ validated interval holds for seeds that validation never saw.
 Last line: {"bench": "winners_curse", "best_search_value": ..., "best_search_validated_mean": ...,
 "winner": ..., "winner_low": ..., "winner_high": ..., "further_mean": ..., "inside": ...}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--further", type=int, default=3, help="seeds for the out-of-sample check")
     p.add_argument("--trials", type=int, default=12)
-    p.add_argument("--quick", action="store_true", help="6 trials, top 1, 2 seeds, 2 further: a smoke test of this bench")
+    p.add_argument(
+        "--quick", action="store_true", help="6 trials, top 1, 2 seeds, 2 further: a smoke test of this bench"
+    )
     args = p.parse_args()
     if args.quick:
         args.trials, args.top, args.seeds, args.further = 6, 1, 2, 2
@@ -64,7 +67,9 @@ def main() -> int:
 
     quiet = lambda msg: None  # noqa: E731
     with tempfile.TemporaryDirectory() as folder:
-        config = load_study_file(SMOKE).with_overrides(dataset=DATASET, storage=f"sqlite:///{folder}/curse.db", n_trials=args.trials)
+        config = load_study_file(SMOKE).with_overrides(
+            dataset=DATASET, storage=f"sqlite:///{folder}/curse.db", n_trials=args.trials
+        )
         config = replace(config, timeout_s=None)
         t0 = time.perf_counter()
         run_study(config, progress=False, log=quiet)
@@ -74,33 +79,52 @@ def main() -> int:
         search = optuna.load_study(study_name=config.name, storage=config.storage)
         validation = optuna.load_study(study_name=config.name + ".validation", storage=config.storage)
         rows = validated(search, validation)
-        best = min((t for t in search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                    if "reused_from" not in t.user_attrs), key=lambda t: (t.value, t.number))
+        best = min(
+            (
+                t
+                for t in search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if "reused_from" not in t.user_attrs
+            ),
+            key=lambda t: (t.value, t.number),
+        )
         best_row = next(r for r in rows if r.source_trial == best.number)
         winner = rows[0]
         # seeds after validation's: never seen by the search or by validation
-        further_seeds = validation_seeds(search, args.seeds + args.further)[args.seeds:]
+        further_seeds = validation_seeds(search, args.seeds + args.further)[args.seeds :]
         t1 = time.perf_counter()
         further = retrain(search.trials[winner.source_trial], further_seeds)
         t_further = time.perf_counter() - t1
         further_mean = sum(further) / len(further)
         inside = winner.interval.low <= further_mean <= winner.interval.high
 
-        print(f"search: {len(search.trials)} trials in {t_search:.0f} s; validation: {len(rows)} configurations x "
-              f"{args.seeds} seeds in {t_validation:.0f} s; further seeds {further_seeds} in {t_further:.0f} s")
+        print(
+            f"search: {len(search.trials)} trials in {t_search:.0f} s; validation: {len(rows)} configurations x "
+            f"{args.seeds} seeds in {t_validation:.0f} s; further seeds {further_seeds} in {t_further:.0f} s"
+        )
         print(f"{'':28}{'trial':>6} {'heads':>22} {'search':>8} {'validated mean ± 95%':>24}")
         for label, r in (("best search trial", best_row), ("validated winner", winner)):
             print(f"{label:28}{r.source_trial:>6} {r.heads:>22} {r.search_value:>8.4f} {r.interval.text():>24}")
         print(f"{'validation ranking':28}" + ", ".join(f"trial {r.source_trial} {r.mean:.4f}" for r in rows))
         check = mean_interval(further)
-        print(f"winner retrained with further seeds {further_seeds}: {', '.join(f'{v:.4f}' for v in further)} "
-              f"-> mean {check.mean:.4f}, {'inside' if inside else 'OUTSIDE'} the validated interval "
-              f"[{winner.interval.low:.4f}, {winner.interval.high:.4f}]")
-        print(json.dumps({
-            "bench": "winners_curse", "best_search_value": round(best.value, 4), "best_search_validated_mean": round(best_row.mean, 4),
-            "winner": winner.source_trial, "winner_low": round(winner.interval.low, 4), "winner_high": round(winner.interval.high, 4),
-            "further_mean": round(further_mean, 4), "inside": inside,
-        }))
+        print(
+            f"winner retrained with further seeds {further_seeds}: {', '.join(f'{v:.4f}' for v in further)} "
+            f"-> mean {check.mean:.4f}, {'inside' if inside else 'OUTSIDE'} the validated interval "
+            f"[{winner.interval.low:.4f}, {winner.interval.high:.4f}]"
+        )
+        print(
+            json.dumps(
+                {
+                    "bench": "winners_curse",
+                    "best_search_value": round(best.value, 4),
+                    "best_search_validated_mean": round(best_row.mean, 4),
+                    "winner": winner.source_trial,
+                    "winner_low": round(winner.interval.low, 4),
+                    "winner_high": round(winner.interval.high, 4),
+                    "further_mean": round(further_mean, 4),
+                    "inside": inside,
+                }
+            )
+        )
     return 0
 
 

@@ -3,6 +3,7 @@
 Names are re-exported lazily (PEP 562): `import mfha.errors` or `mfha.config` does not import torch,
 so the search CLI's `show`, `studies`, `--help` and its error messages skip torch's 2-3 s import.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,9 +20,23 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "ModelConfig", "TrainConfig", "GPT", "Cost", "measure_cost", "count_parameters", "estimate_training_peak", "measure_training_peak",
-    "HeadSpec", "uniform", "fractal", "geometric", "explicit",
-    "MFHAError", "ConfigError", "DataError", "TrainingDiverged",
+    "ModelConfig",
+    "TrainConfig",
+    "GPT",
+    "Cost",
+    "measure_cost",
+    "count_parameters",
+    "estimate_training_peak",
+    "measure_training_peak",
+    "HeadSpec",
+    "uniform",
+    "fractal",
+    "geometric",
+    "explicit",
+    "MFHAError",
+    "ConfigError",
+    "DataError",
+    "TrainingDiverged",
 ]
 
 

@@ -3,6 +3,7 @@
 Derived fields are declared `... | None = None` and filled in `__post_init__` (never computed at
 class-definition time), and are left out of `to_dict` so an edited JSON file cannot disagree with them.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,14 +94,29 @@ class ModelConfig(_JsonConfig):
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "max_seq_len", "kv_share"):
-            _check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be a positive integer", name, getattr(self, name))
-        _check(_is_num(self.mlp_mult) and self.mlp_mult > 0, "mlp_mult must be a positive number", "mlp_mult", self.mlp_mult)
+            _check(
+                _is_int(getattr(self, name)) and getattr(self, name) >= 1,
+                f"{name} must be a positive integer",
+                name,
+                getattr(self, name),
+            )
+        _check(
+            _is_num(self.mlp_mult) and self.mlp_mult > 0,
+            "mlp_mult must be a positive number",
+            "mlp_mult",
+            self.mlp_mult,
+        )
         _check(_is_num(self.rope_base) and self.rope_base > 1, "rope_base must be > 1", "rope_base", self.rope_base)
         _check(_is_num(self.norm_eps) and self.norm_eps > 0, "norm_eps must be positive", "norm_eps", self.norm_eps)
         _check(_is_num(self.init_std) and self.init_std > 0, "init_std must be positive", "init_std", self.init_std)
         self.heads = _as_heads(self.heads)
         if isinstance(self.heads, list):
-            _check(len(self.heads) == self.n_layers, f"per-layer heads need one spec per layer (n_layers={self.n_layers})", "len(heads)", len(self.heads))
+            _check(
+                len(self.heads) == self.n_layers,
+                f"per-layer heads need one spec per layer (n_layers={self.n_layers})",
+                "len(heads)",
+                len(self.heads),
+            )
             self.layer_heads = list(self.heads)
         else:
             self.layer_heads = [self.heads] * self.n_layers
@@ -165,25 +181,73 @@ class TrainConfig(_JsonConfig):
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len", "max_steps", "eval_interval", "eval_windows"):
-            _check(_is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be a positive integer", name, getattr(self, name))
-        _check(self.eval_tokens is None or (_is_int(self.eval_tokens) and self.eval_tokens >= 1),
-               "eval_tokens must be a positive integer or null", "eval_tokens", self.eval_tokens)
+            _check(
+                _is_int(getattr(self, name)) and getattr(self, name) >= 1,
+                f"{name} must be a positive integer",
+                name,
+                getattr(self, name),
+            )
+        _check(
+            self.eval_tokens is None or (_is_int(self.eval_tokens) and self.eval_tokens >= 1),
+            "eval_tokens must be a positive integer or null",
+            "eval_tokens",
+            self.eval_tokens,
+        )
         for name in ("max_train_stories", "max_train_tokens", "max_val_stories", "max_time_s"):
             v = getattr(self, name)
             _check(v is None or (_is_num(v) and v > 0), f"{name} must be positive or null", name, v)
-        _check(self.tokenizer_vocab is None or (_is_int(self.tokenizer_vocab) and 8 <= self.tokenizer_vocab <= 65536),
-               "tokenizer_vocab must be null (character level) or an integer in [8, 65536]", "tokenizer_vocab", self.tokenizer_vocab)
-        _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps must be an integer >= 0", "warmup_steps", self.warmup_steps)
+        _check(
+            self.tokenizer_vocab is None or (_is_int(self.tokenizer_vocab) and 8 <= self.tokenizer_vocab <= 65536),
+            "tokenizer_vocab must be null (character level) or an integer in [8, 65536]",
+            "tokenizer_vocab",
+            self.tokenizer_vocab,
+        )
+        _check(
+            _is_int(self.warmup_steps) and self.warmup_steps >= 0,
+            "warmup_steps must be an integer >= 0",
+            "warmup_steps",
+            self.warmup_steps,
+        )
         _check(_is_num(self.lr) and self.lr > 0, "lr must be positive", "lr", self.lr)
-        _check(_is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]", "min_lr_ratio", self.min_lr_ratio)
-        _check(_is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be >= 0", "weight_decay", self.weight_decay)
+        _check(
+            _is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+            "min_lr_ratio must be in [0, 1]",
+            "min_lr_ratio",
+            self.min_lr_ratio,
+        )
+        _check(
+            _is_num(self.weight_decay) and self.weight_decay >= 0,
+            "weight_decay must be >= 0",
+            "weight_decay",
+            self.weight_decay,
+        )
         for name in ("beta1", "beta2"):
-            _check(_is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1, f"{name} must be in [0, 1)", name, getattr(self, name))
-        _check(_is_num(self.grad_clip) and self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables it)", "grad_clip", self.grad_clip)
+            _check(
+                _is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1,
+                f"{name} must be in [0, 1)",
+                name,
+                getattr(self, name),
+            )
+        _check(
+            _is_num(self.grad_clip) and self.grad_clip >= 0,
+            "grad_clip must be >= 0 (0 disables it)",
+            "grad_clip",
+            self.grad_clip,
+        )
         _check(_is_int(self.seed), "seed must be an integer", "seed", self.seed)
-        _check(self.device in get_args(Device), f"device must be one of {', '.join(get_args(Device))}", "device", self.device)
+        _check(
+            self.device in get_args(Device),
+            f"device must be one of {', '.join(get_args(Device))}",
+            "device",
+            self.device,
+        )
         _check(isinstance(self.compile, bool), "compile must be true or false", "compile", self.compile)
-        _check(isinstance(self.dataset, str) and self.dataset != "", "dataset must be a Hub name or a path", "dataset", self.dataset)
+        _check(
+            isinstance(self.dataset, str) and self.dataset != "",
+            "dataset must be a Hub name or a path",
+            "dataset",
+            self.dataset,
+        )
 
 
 __all__ = ["ModelConfig", "TrainConfig", "Device"]

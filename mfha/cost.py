@@ -17,6 +17,7 @@ spin while they wait); on CUDA, wall time after a synchronize. Both ratios are k
 cost 1.0 = as many seconds per token as the reference (REFERENCE, trained at REFERENCE_BATCH x its
 sequence length, decoding DECODE_TOKENS tokens); 2.0 = twice as slow.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,9 @@ class Cost:
         return asdict(self)
 
 
-def measure_cost(model_config: ModelConfig, train_config: TrainConfig, kind: CostKind, *, seconds: float = 2.0,
-                 min_rounds: int = 5) -> Cost:
+def measure_cost(
+    model_config: ModelConfig, train_config: TrainConfig, kind: CostKind, *, seconds: float = 2.0, min_rounds: int = 5
+) -> Cost:
     """Time `model_config` against REFERENCE, interleaved, for about `seconds` (at least `min_rounds` rounds).
 
     `train_config` gives the device, batch size, sequence length and gradient clipping of the train
@@ -105,11 +107,18 @@ def measure_cost(model_config: ModelConfig, train_config: TrainConfig, kind: Cos
     ratios = [(getattr(m, clock) / m.tokens) / (getattr(r, clock) / r.tokens) for m, r in rounds]
     median = statistics.median
     return Cost(
-        kind=kind, clock=clock, ratio=median(ratios), low=min(ratios), high=max(ratios),
+        kind=kind,
+        clock=clock,
+        ratio=median(ratios),
+        low=min(ratios),
+        high=max(ratios),
         wall_ratio=median((m.wall / m.tokens) / (r.wall / r.tokens) for m, r in rounds),
-        model_tokens_per_s=median(m.tokens / m.wall for m, _ in rounds), reference_tokens_per_s=median(r.tokens / r.wall for _, r in rounds),
-        model_s=median(m.wall / reps_m for m, _ in rounds), reference_s=median(r.wall / reps_r for _, r in rounds),
-        rounds=len(rounds), wall_s=time.perf_counter() - t0,
+        model_tokens_per_s=median(m.tokens / m.wall for m, _ in rounds),
+        reference_tokens_per_s=median(r.tokens / r.wall for _, r in rounds),
+        model_s=median(m.wall / reps_m for m, _ in rounds),
+        reference_s=median(r.wall / reps_r for _, r in rounds),
+        rounds=len(rounds),
+        wall_s=time.perf_counter() - t0,
     )
 
 
@@ -134,7 +143,9 @@ def _timed(work: Callable[[], int], reps: int, sync: Callable[[], None]) -> _Tim
     return _Timing(time.perf_counter() - t, time.process_time() - c, tokens)
 
 
-def _train_work(config: ModelConfig, batch_size: int, seq_len: int, tc: TrainConfig, device: torch.device) -> Callable[[], int]:
+def _train_work(
+    config: ModelConfig, batch_size: int, seq_len: int, tc: TrainConfig, device: torch.device
+) -> Callable[[], int]:
     """One training step of a fresh model on fixed random tokens (the data pipeline is not the model's cost)."""
     torch.manual_seed(0)
     model = GPT(config).to(device)

@@ -6,6 +6,7 @@ disk per (dataset, slice, text column, tokenizer size), so every later trial or 
 data starts in milliseconds without importing `datasets`. A Hub dataset whose splits are both bounded in
 stories is streamed: only those rows are downloaded, and they are cached too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,7 +60,9 @@ class TokenizedData:
     cached: bool = False  # True when loaded from the cache, without reading the dataset
     _val_windows: dict = field(default_factory=dict, init=False, repr=False)
 
-    def batch(self, batch_size: int, seq_len: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, batch_size: int, seq_len: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (batch_size, seq_len) int64 on the CPU: random contiguous train windows, y = x shifted by one."""
         n_starts = len(self.train) - seq_len
         if n_starts < 1:
@@ -96,8 +99,13 @@ class TokenizedData:
         return self._val_windows[key]
 
 
-def load_data(train_config: TrainConfig, *, cache_dir: str | Path | None = None,
-              tokenizer: Tokenizer | None = None, streaming: bool | None = None) -> TokenizedData:
+def load_data(
+    train_config: TrainConfig,
+    *,
+    cache_dir: str | Path | None = None,
+    tokenizer: Tokenizer | None = None,
+    streaming: bool | None = None,
+) -> TokenizedData:
     """Tokenizer and token streams for `train_config`'s dataset and slice, from the cache when possible.
 
     Slices: the first `max_train_stories` train stories, with the stream cut at `max_train_tokens`
@@ -138,8 +146,9 @@ def load_data(train_config: TrainConfig, *, cache_dir: str | Path | None = None,
     return TokenizedData(tokenizer, train, val, cache_path=folder, cached=False)
 
 
-def _tokenize_splits(train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *,
-                     tokenizer: Tokenizer | None) -> tuple[Tokenizer, np.ndarray, np.ndarray]:
+def _tokenize_splits(
+    train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *, tokenizer: Tokenizer | None
+) -> tuple[Tokenizer, np.ndarray, np.ndarray]:
     col = cfg.text_column
     if cfg.max_train_stories is not None:
         train_ds = train_ds.select(range(min(int(cfg.max_train_stories), len(train_ds))))
@@ -171,7 +180,9 @@ def _tokenize_splits(train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *,
     val = _token_stream(val_ds, col, tokenizer, dtype, "tokenizing validation")
     if len(train) == 0 or len(val) == 0:
         empty = "train" if len(train) == 0 else "validation"
-        raise DataError(f"the {empty} slice of --dataset {cfg.dataset!r} holds no text; check --text-column and the slice bounds.")
+        raise DataError(
+            f"the {empty} slice of --dataset {cfg.dataset!r} holds no text; check --text-column and the slice bounds."
+        )
     return tokenizer, train, val
 
 
@@ -183,7 +194,7 @@ def _rows_holding(ds: Dataset, col: str, n_chars: int) -> int:
     """The fewest leading rows whose texts, each plus one separator, hold at least `n_chars` characters."""
     total = 0
     for start in range(0, len(ds), MAP_BATCH):
-        lengths = np.cumsum([len(t or "") + 1 for t in ds[start:start + MAP_BATCH][col]])
+        lengths = np.cumsum([len(t or "") + 1 for t in ds[start : start + MAP_BATCH][col]])
         if total + lengths[-1] >= n_chars:
             return start + int(np.searchsorted(lengths, n_chars - total)) + 1
         total += int(lengths[-1])
@@ -225,7 +236,9 @@ def _check_splits(splits: DatasetDict, cfg: TrainConfig, name: str) -> tuple[Dat
             )
         dtype = getattr(ds.features[cfg.text_column], "dtype", None)
         if dtype not in ("string", "large_string"):
-            raise DataError(f"--text-column {cfg.text_column!r} of --dataset {name!r} must hold text, but its type is {ds.features[cfg.text_column]}.")
+            raise DataError(
+                f"--text-column {cfg.text_column!r} of --dataset {name!r} must hold text, but its type is {ds.features[cfg.text_column]}."
+            )
     return splits["train"], splits["validation"]
 
 
@@ -265,9 +278,15 @@ class _Source:
         if self.path.is_file():
             files = [self.path]
         else:
-            files = sorted(p for p in self.path.rglob("*")
-                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.path).parts))
-        stats = [[str(p.relative_to(self.path) if p != self.path else p.name), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+            files = sorted(
+                p
+                for p in self.path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.path).parts)
+            )
+        stats = [
+            [str(p.relative_to(self.path) if p != self.path else p.name), p.stat().st_size, p.stat().st_mtime_ns]
+            for p in files
+        ]
         return {"path": str(self.path), "files": stats}
 
     def load(self, *, streaming: bool = False) -> DatasetDict:
@@ -280,7 +299,9 @@ class _Source:
         elif self.path.is_file():
             builder = BUILDERS.get(self.path.suffix.lower())
             if builder is None:
-                raise DataError(f"--dataset file {self.name!r} must end in one of {', '.join(BUILDERS)}, but got {self.path.suffix!r}.")
+                raise DataError(
+                    f"--dataset file {self.name!r} must end in one of {', '.join(BUILDERS)}, but got {self.path.suffix!r}."
+                )
             args, kwargs = (builder,), {"data_files": {"train": str(self.path)}}
         else:
             args, kwargs = (str(self.path),), {}
@@ -334,9 +355,13 @@ class _Source:
             yield
         except FileNotFoundError as e:  # also datasets' "no data files" and "not found" errors, which derive from it
             if self.path is not None:
-                raise DataError(f"--dataset {self.name!r} holds no data files that datasets can read ({', '.join(BUILDERS)}): {_first_line(e)}") from e
+                raise DataError(
+                    f"--dataset {self.name!r} holds no data files that datasets can read ({', '.join(BUILDERS)}): {_first_line(e)}"
+                ) from e
             if isinstance(e, datasets.exceptions.DatasetNotFoundError):
-                raise DataError(f"--dataset {self.name!r} is neither a local path nor a dataset on the Hugging Face Hub.") from e
+                raise DataError(
+                    f"--dataset {self.name!r} is neither a local path nor a dataset on the Hugging Face Hub."
+                ) from e
             raise
         except datasets.exceptions.DatasetGenerationError as e:
             raise DataError(f"--dataset {self.name!r} could not be read: {_first_line(e.__cause__ or e)}") from e
@@ -378,12 +403,19 @@ def _quiet_datasets() -> Iterator[None]:
 
 
 def _looks_like_path(name: str) -> bool:
-    return (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") >= 2
-            or Path(name).suffix.lower() in BUILDERS)
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") >= 2
+        or Path(name).suffix.lower() in BUILDERS
+    )
 
 
 def _env_offline() -> bool:
-    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def _hub_reachable() -> bool:

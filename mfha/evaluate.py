@@ -1,7 +1,8 @@
 """Compare trained runs: validation loss, bits per character, perplexity, top-k teacher-forcing accuracy.
 
-    python -m mfha.evaluate runs/a runs/b     # the loss curves go to runs/a/loss_curves.png
+python -m mfha.evaluate runs/a runs/b     # the loss curves go to runs/a/loss_curves.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ PLOT_NAME = "loss_curves.png"
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, windows: int | None = None, device: str = "cpu") -> dict:
+def evaluate_run(
+    run_dir: str | Path, *, dataset: str | None = None, windows: int | None = None, device: str = "cpu"
+) -> dict:
     """Metrics of one run on its fixed validation windows, tokenized with the run's own tokenizer."""
     from mfha.data import load_data
     from mfha.train import evaluate_windows, load_run
@@ -32,13 +35,18 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, windows: in
     metrics = evaluate_windows(model, x, y, n_chars, batch_size=train_config.batch_size, device=dev)
     hits = dict.fromkeys(TOP_KS, 0)
     for i in range(0, x.size(0), train_config.batch_size):
-        logits, _ = model(x[i:i + train_config.batch_size].to(dev))
+        logits, _ = model(x[i : i + train_config.batch_size].to(dev))
         top = logits.topk(max(TOP_KS), dim=-1).indices  # (B, T, 10)
-        match = top == y[i:i + train_config.batch_size].to(dev).unsqueeze(-1)
+        match = top == y[i : i + train_config.batch_size].to(dev).unsqueeze(-1)
         for k in TOP_KS:
             hits[k] += match[..., :k].any(-1).sum().item()
     n_params = sum(p.numel() for p in model.parameters())
-    return {"run": str(run_dir), "n_params": n_params, **metrics, **{f"top{k}_acc": hits[k] / y.numel() for k in TOP_KS}}
+    return {
+        "run": str(run_dir),
+        "n_params": n_params,
+        **metrics,
+        **{f"top{k}_acc": hits[k] / y.numel() for k in TOP_KS},
+    }
 
 
 def plot_loss_curves(run_dirs: list[str | Path], path: str | Path) -> Path:

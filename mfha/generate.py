@@ -1,7 +1,8 @@
 """Sampling with the KV cache.
 
-    python -m mfha.generate runs/NAME "Once upon a time" --max-new-tokens 200 --temperature 0.8 --top-k 50 --top-p 0.95 --seed 1
+python -m mfha.generate runs/NAME "Once upon a time" --max-new-tokens 200 --temperature 0.8 --top-k 50 --top-p 0.95 --seed 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,7 @@ def generate(
         if caches[0].length == max_len:
             # cache full: re-read the last half of the context (RoPE is relative, so positions restart)
             caches = model.new_caches(idx.size(0))
-            logits, _ = model(out[:, -(max_len // 2):], caches=caches)
+            logits, _ = model(out[:, -(max_len // 2) :], caches=caches)
         else:
             logits, _ = model(nxt, caches=caches)
     return out
@@ -101,12 +102,20 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("the prompt is empty; pass some text to continue.")
         generator = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
         idx = torch.tensor([ids], dtype=torch.long, device=device)
-        out = generate(model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, generator=generator, eos_id=tokenizer.eos_id)
+        out = generate(
+            model,
+            idx,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            generator=generator,
+            eos_id=tokenizer.eos_id,
+        )
     except MFHAError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    new = [t for t in out[0, len(ids):].tolist() if t != tokenizer.eos_id]
+    new = [t for t in out[0, len(ids) :].tolist() if t != tokenizer.eos_id]
     print(args.prompt + tokenizer.decode(new))
     return 0
 

@@ -3,6 +3,7 @@
 A spec is a small JSON-friendly dataclass; `sizes` (largest first) is derived in `__post_init__`
 for every family except `explicit`, where it is the input.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -40,18 +41,22 @@ class HeadSpec:
 
     def __post_init__(self) -> None:
         if self.family not in HEAD_FAMILIES:
-            raise ConfigError(
-                f"head family must be one of {', '.join(HEAD_FAMILIES)}, but got family={self.family!r}."
-            )
+            raise ConfigError(f"head family must be one of {', '.join(HEAD_FAMILIES)}, but got family={self.family!r}.")
         unused = [
-            f for fields in _FAMILY_FIELDS.values() for f in fields
+            f
+            for fields in _FAMILY_FIELDS.values()
+            for f in fields
             if f not in _FAMILY_FIELDS[self.family] and f != "sizes" and getattr(self, f) is not None
         ]
         if unused:
-            raise ConfigError(f"{self.family} heads take {', '.join(_FAMILY_FIELDS[self.family])}, but got {unused[0]}={getattr(self, unused[0])!r}.")
+            raise ConfigError(
+                f"{self.family} heads take {', '.join(_FAMILY_FIELDS[self.family])}, but got {unused[0]}={getattr(self, unused[0])!r}."
+            )
         derived = getattr(self, f"_{self.family}_sizes")()
         if self.family != "explicit" and self.sizes is not None and list(self.sizes) != derived:
-            raise ConfigError(f"sizes do not match the {self.family} spec, which gives {derived}, but got sizes={self.sizes}.")
+            raise ConfigError(
+                f"sizes do not match the {self.family} spec, which gives {derived}, but got sizes={self.sizes}."
+            )
         for s in derived:
             if not isinstance(s, int) or isinstance(s, bool) or s < MIN_HEAD_SIZE or s % 2:
                 raise ConfigError(
@@ -85,7 +90,9 @@ class HeadSpec:
             self.ratio = 2
         _require_int("ratio", self.ratio, 2)
         if self.smallest > self.largest:
-            raise ConfigError(f"geometric smallest must be <= largest={self.largest}, but got smallest={self.smallest}.")
+            raise ConfigError(
+                f"geometric smallest must be <= largest={self.largest}, but got smallest={self.smallest}."
+            )
         if (self.count is None) == (self.width is None):
             raise ConfigError(
                 f"geometric heads need exactly one of count (heads per level) or width (width per level), "
@@ -109,7 +116,9 @@ class HeadSpec:
         _require_int("width", self.width, 1)
         for s in level_sizes:
             if self.width % s:
-                raise ConfigError(f"geometric width must be divisible by every level size, but got width={self.width} and size {s}.")
+                raise ConfigError(
+                    f"geometric width must be divisible by every level size, but got width={self.width} and size {s}."
+                )
         return [s for s in level_sizes for _ in range(self.width // s)]
 
     def _explicit_sizes(self) -> list[int]:
@@ -140,7 +149,9 @@ class HeadSpec:
             raise ConfigError(f"a head spec must be a table with a 'family' key, but got {d!r}.")
         unknown = set(d) - {"family", *_FAMILY_FIELDS.get(d["family"], ()), "sizes"}
         if unknown:
-            raise ConfigError(f"unknown head-spec key {sorted(unknown)[0]!r} for family {d['family']!r}; allowed: {', '.join(_FAMILY_FIELDS.get(d['family'], ()))}.")
+            raise ConfigError(
+                f"unknown head-spec key {sorted(unknown)[0]!r} for family {d['family']!r}; allowed: {', '.join(_FAMILY_FIELDS.get(d['family'], ()))}."
+            )
         return cls(**d)
 
 
@@ -157,7 +168,9 @@ def fractal(base: int, levels: int, split: int = 2) -> HeadSpec:
     return HeadSpec("fractal", base=base, levels=levels, split=split)
 
 
-def geometric(largest: int, smallest: int, *, ratio: int = 2, count: int | None = None, width: int | None = None) -> HeadSpec:
+def geometric(
+    largest: int, smallest: int, *, ratio: int = 2, count: int | None = None, width: int | None = None
+) -> HeadSpec:
     return HeadSpec("geometric", largest=largest, smallest=smallest, ratio=ratio, count=count, width=width)
 
 

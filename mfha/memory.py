@@ -8,6 +8,7 @@ CUDA context nor the caching allocator's reserve is in that figure).
 Sizes below: B batch, T time, N = B*T tokens, C dim, V vocab, H SwiGLU hidden, P parameters;
 for a layer qw/kvw are the query and K/V widths (sums of head sizes), nh its query heads.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,7 +46,10 @@ STEP_SLACK = 1.36
 
 
 def estimate_training_peak(
-    model_config: ModelConfig, train_config: TrainConfig, device: str | torch.device = "cpu", *,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    device: str | torch.device = "cpu",
+    *,
     baseline_bytes: int | None = None,
 ) -> int:
     """Forecast of the peak memory of training `model_config` with `train_config`, in bytes.
@@ -64,7 +68,10 @@ Tensors = list[tuple[int, int]]  # (bytes of one tensor, how many such tensors)
 
 
 def forecast_parts(
-    model_config: ModelConfig, train_config: TrainConfig, device: str | torch.device = "cpu", *,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    device: str | torch.device = "cpu",
+    *,
     baseline_bytes: int | None = None,
 ) -> dict[str, int]:
     """The forecast's terms in bytes: baseline, weights, grads, optimizer, activations, transient, peak."""
@@ -108,8 +115,12 @@ def forecast_parts(
     start_of_backward = resident(weights + adam, acts + backward_transient)
     optimizer_step = resident(weights + adam, grads + step_transient)
     return {
-        "baseline": baseline, "weights": _total(weights), "grads": _total(grads), "optimizer": _total(adam),
-        "activations": _total(acts), "transient": max(_total(backward_transient), _total(step_transient)),
+        "baseline": baseline,
+        "weights": _total(weights),
+        "grads": _total(grads),
+        "optimizer": _total(adam),
+        "activations": _total(acts),
+        "transient": max(_total(backward_transient), _total(step_transient)),
         "peak": baseline + max(start_of_backward, optimizer_step),
     }
 
@@ -167,7 +178,8 @@ def _activations_cpu(mc: ModelConfig, B: int, T: int) -> Tensors:
         qw, kvw, _, groups = _layer_widths(mc, spec)
         out += [
             (N * C * FP32, 2),  # the block's two residual-stream outputs
-            (N * C * FP32, 4), (N * FP32, 4),  # each RMSNorm (composite on CPU): x/rms, its output, 1/rms
+            (N * C * FP32, 4),
+            (N * FP32, 4),  # each RMSNorm (composite on CPU): x/rms, its output, 1/rms
         ]
         # CPU SDPA with is_causal takes its flash kernel (with enable_gqa too): per size group it keeps
         # q, k, v, the output and the logsumexp, never a T x T matrix. Groups of heads below
@@ -207,8 +219,10 @@ def _activations_cuda(mc: ModelConfig, B: int, T: int) -> Tensors:
             (N * FP32, 2),  # fused RMSNorm keeps its input (a residual) and 1/rms
             (N * C * BF16, 2),  # bf16 casts of both norm outputs, kept by their matmuls
             (N * (qw + 2 * kvw) * BF16, 1),  # qkv output (V is read from it)
-            (N * qw * BF16, 1), (N * kvw * BF16, 1),  # RoPE outputs
-            (N * 2 * H * BF16, 1), (N * H * BF16, 2),  # gate_up output, silu(gate), their product
+            (N * qw * BF16, 1),
+            (N * kvw * BF16, 1),  # RoPE outputs
+            (N * 2 * H * BF16, 1),
+            (N * H * BF16, 2),  # gate_up output, silu(gate), their product
         ]
         for hs, n in spec.groups():
             padded = -(-hs // 8) * 8  # flash pads head sizes to a multiple of 8 and keeps the padded copies
@@ -249,7 +263,11 @@ def framework_baseline_bytes() -> int:
 
 
 def measure_training_peak(
-    model_config: ModelConfig, train_config: TrainConfig, device: str | torch.device = "cpu", *, steps: int = 3,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    device: str | torch.device = "cpu",
+    *,
+    steps: int = 3,
 ) -> int:
     """Peak memory of `steps` real AdamW training steps on random tokens, in bytes.
 
@@ -260,10 +278,15 @@ def measure_training_peak(
     _check_seq_len(model_config, train_config)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ConfigError(f"steps must be a positive integer, but got {steps=}.")
-    return _run_child({
-        "mode": "measure", "device": kind, "steps": steps,
-        "model": model_config.to_dict(), "train": train_config.to_dict(),
-    })["peak"]
+    return _run_child(
+        {
+            "mode": "measure",
+            "device": kind,
+            "steps": steps,
+            "model": model_config.to_dict(),
+            "train": train_config.to_dict(),
+        }
+    )["peak"]
 
 
 def _run_child(request: dict[str, Any]) -> dict[str, Any]:
@@ -271,7 +294,10 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
         [sys.executable, "-c", "from mfha.memory import _child_main; _child_main()"],
-        input=json.dumps(request), capture_output=True, text=True, env=env,
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -4,6 +4,7 @@ Shapes: B batch, T time, C channels (dim), nh heads, hs head size, g a group of 
 Heads of one size form a group that takes one `scaled_dot_product_attention` call, so a layer costs
 one call per distinct size, never one per head.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,8 @@ class KVCache:
         end = self.length + T
         if end > self.k.size(1):
             raise ValueError(f"KV cache holds {self.k.size(1)} positions, but {end} were asked for")
-        self.k[:, self.length:end] = k
-        self.v[:, self.length:end] = v
+        self.k[:, self.length : end] = k
+        self.v[:, self.length : end] = v
         self.length = end
         return self.k[:, :end], self.v[:, :end]
 
@@ -90,18 +91,20 @@ class MFHAttention(nn.Module):
         self.qkv = nn.Linear(config.dim, self.q_width + 2 * self.kv_width, bias=False)
         self.proj = nn.Linear(self.q_width, config.dim, bias=False)
         # q and k sit side by side in the qkv output, so one table rotates both in one op
-        head_sizes = [hs for hs, n, _ in self.groups for _ in range(n)] + [hs for hs, _, n_kv in self.groups for _ in range(n_kv)]
+        head_sizes = [hs for hs, n, _ in self.groups for _ in range(n)] + [
+            hs for hs, _, n_kv in self.groups for _ in range(n_kv)
+        ]
         self.register_buffer("rope", rope_tables(head_sizes, config.max_seq_len, config.rope_base), persistent=False)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         start = cache.length if cache is not None else 0
         qk, v = self.qkv(x).split([self.q_width + self.kv_width, self.kv_width], dim=-1)
-        qk = apply_rope(qk, self.rope[start:start + T])
+        qk = apply_rope(qk, self.rope[start : start + T])
         if cache is None:
             # split, not slicing: its backward is one cat, where each slice's would zero-fill a full-size grad
             qs = qk.split(self.q_splits + self.kv_splits, dim=-1)
-            qs, ks = qs[:len(self.groups)], qs[len(self.groups):]
+            qs, ks = qs[: len(self.groups)], qs[len(self.groups) :]
         else:
             q, k = qk.split([self.q_width, self.kv_width], dim=-1)
             k, v = cache.append(k, v)
@@ -191,7 +194,13 @@ class GPT(nn.Module):
     def new_caches(self, batch_size: int, *, device=None, dtype=None) -> list[KVCache]:
         p = self.tok_emb.weight
         return [
-            KVCache(batch_size, self.config.max_seq_len, block.attn.kv_width, device=device or p.device, dtype=dtype or p.dtype)
+            KVCache(
+                batch_size,
+                self.config.max_seq_len,
+                block.attn.kv_width,
+                device=device or p.device,
+                dtype=dtype or p.dtype,
+            )
             for block in self.blocks
         ]
 
@@ -209,4 +218,14 @@ def count_parameters(config: ModelConfig) -> int:
     return total
 
 
-__all__ = ["GPT", "MFHAttention", "KVCache", "RMSNorm", "SwiGLU", "Block", "count_parameters", "rope_tables", "apply_rope"]
+__all__ = [
+    "GPT",
+    "MFHAttention",
+    "KVCache",
+    "RMSNorm",
+    "SwiGLU",
+    "Block",
+    "count_parameters",
+    "rope_tables",
+    "apply_rope",
+]

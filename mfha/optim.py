@@ -1,4 +1,5 @@
 """The optimizer every training run uses, and its step (the trainer's, the memory measurement's, the cost's)."""
+
 from __future__ import annotations
 
 import torch

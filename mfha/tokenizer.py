@@ -24,6 +24,7 @@ backend (`tokenizers`) does the byte fallback itself with 256 byte tokens `<0x00
 A `tokenizer.json` written before nibbles (256 byte tokens at ids 3-258, no nibbles) still loads, as
 that byte-token vocabulary, so older runs keep their meaning.
 """
+
 from __future__ import annotations
 
 import json
@@ -177,7 +178,7 @@ class Tokenizer:
 
     @property
     def fallback(self) -> str:
-        """"nibble", or "byte" for a tokenizer.json written before nibbles (256 byte tokens in the vocabulary)."""
+        """ "nibble", or "byte" for a tokenizer.json written before nibbles (256 byte tokens in the vocabulary)."""
         return "nibble" if self._nibbles else "byte"
 
     @property
@@ -266,8 +267,15 @@ def _assemble(vocab: dict[str, int], merges: list, *, split: bool) -> _HFTokeniz
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
+            {
+                "id": i,
+                "content": s,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
             for i, s in enumerate(SPECIALS)
         ],
         "normalizer": None,

@@ -1,8 +1,9 @@
 """Training: AdamW with warmup and cosine decay, periodic evaluation in bits per character, run folders.
 
-    python -m mfha.train --model-config M.json --train-config T.json --dataset ../shared/data/tinystories --out runs/NAME
-    python -m mfha.train --from exports/NAME --out runs/NAME
+python -m mfha.train --model-config M.json --train-config T.json --dataset ../shared/data/tinystories --out runs/NAME
+python -m mfha.train --from exports/NAME --out runs/NAME
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,18 @@ CHECKPOINT = "checkpoint.pt"
 # An untrained model scores about ln(V) (the uniform guess) and training only lowers it; a mean loss
 # several times that is an exploded run (a huge lr can blow up to a finite 10^4 instead of NaN)
 DIVERGED_OVER_UNIFORM = 4.0
-METRIC_FIELDS = ["step", "tokens", "train_loss", "val_loss", "val_bpc", "perplexity", "lr", "tokens_per_s", "peak_mem_bytes", "elapsed_s"]
+METRIC_FIELDS = [
+    "step",
+    "tokens",
+    "train_loss",
+    "val_loss",
+    "val_bpc",
+    "perplexity",
+    "lr",
+    "tokens_per_s",
+    "peak_mem_bytes",
+    "elapsed_s",
+]
 
 
 @dataclass
@@ -76,13 +88,15 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 @torch.no_grad()
-def evaluate_windows(model: GPT, x: torch.Tensor, y: torch.Tensor, n_chars: int, *, batch_size: int, device: torch.device) -> dict:
+def evaluate_windows(
+    model: GPT, x: torch.Tensor, y: torch.Tensor, n_chars: int, *, batch_size: int, device: torch.device
+) -> dict:
     """Total cross-entropy over fixed windows: mean nats per token and bits per character."""
     was_training = model.training
     model.eval()
     total_nats = 0.0
     for i in range(0, x.size(0), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         with autocast_for(device):
             logits, _ = model(xb)
         total_nats += torch.nn.functional.cross_entropy(
@@ -90,12 +104,18 @@ def evaluate_windows(model: GPT, x: torch.Tensor, y: torch.Tensor, n_chars: int,
         ).item()
     model.train(was_training)
     val_loss = total_nats / y.numel()
-    return {"val_loss": val_loss, "val_bpc": total_nats / math.log(2) / n_chars, "perplexity": math.exp(min(val_loss, 50.0))}
+    return {
+        "val_loss": val_loss,
+        "val_bpc": total_nats / math.log(2) / n_chars,
+        "perplexity": math.exp(min(val_loss, 50.0)),
+    }
 
 
 def autocast_for(device: torch.device):
     """bf16 autocast on CUDA; on the CPU a no-op context (fp32 throughout)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
 
 def train(
@@ -129,7 +149,9 @@ def train(
     step, history, elapsed_before = 0, [], 0.0
     if resume:
         if out is None or not (out / CHECKPOINT).exists():
-            raise ConfigError(f"resume needs a checkpoint, but {str(out / CHECKPOINT) if out else 'no --out folder'} does not exist.")
+            raise ConfigError(
+                f"resume needs a checkpoint, but {str(out / CHECKPOINT) if out else 'no --out folder'} does not exist."
+            )
         state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -196,7 +218,9 @@ def train(
             _write_metrics(out / "metrics.csv", history)
         if bar is not None:
             bar.update(window_steps)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val_bpc=f"{metrics['val_bpc']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            bar.set_postfix(
+                loss=f"{train_loss:.3f}", val_bpc=f"{metrics['val_bpc']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}"
+            )
         loss_sum.zero_()
         window_steps, window_tokens = 0, 0
         if on_eval is not None and on_eval(step, metrics):
@@ -235,7 +259,9 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[GPT, Tokenizer,
     """The trained model (eval mode), its tokenizer and configs from a run folder."""
     run = Path(run_dir)
     if not (run / CHECKPOINT).exists():
-        raise ConfigError(f"run folder {str(run)!r} has no {CHECKPOINT}; pass a folder written by `python -m mfha.train --out`.")
+        raise ConfigError(
+            f"run folder {str(run)!r} has no {CHECKPOINT}; pass a folder written by `python -m mfha.train --out`."
+        )
     model_config = ModelConfig.from_file(run / "model_config.json")
     train_config = TrainConfig.from_file(run / "train_config.json")
     dev = resolve_device(device)
@@ -261,8 +287,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-time", type=float, dest="max_time_s", help="override max_time_s (seconds of wall time)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override device")
     p.add_argument("--seed", type=int, help="override seed")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); the thread count changes "
-                   "the order of float sums, so reproducing a run exactly needs the same count")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's); the thread count changes "
+        "the order of float sums, so reproducing a run exactly needs the same count",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     return p.parse_args(argv)
 
@@ -271,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         if args.from_dir:
-            model_path, train_path = Path(args.from_dir) / "model_config.json", Path(args.from_dir) / "train_config.json"
+            model_path, train_path = (
+                Path(args.from_dir) / "model_config.json",
+                Path(args.from_dir) / "train_config.json",
+            )
         elif args.model_config and args.train_config:
             model_path, train_path = Path(args.model_config), Path(args.train_config)
         else:
@@ -281,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
             torch.set_num_threads(args.threads)
         model_config = ModelConfig.from_file(model_path)
-        overrides = {k: getattr(args, k) for k in ("dataset", "max_steps", "max_time_s", "device", "seed") if getattr(args, k) is not None}
+        overrides = {
+            k: getattr(args, k)
+            for k in ("dataset", "max_steps", "max_time_s", "device", "seed")
+            if getattr(args, k) is not None
+        }
         train_config = TrainConfig.from_dict({**TrainConfig.from_file(train_path).to_dict(), **overrides})
         result = train(model_config, train_config, out_dir=args.out, resume=args.resume, progress=True)
     except MFHAError as e:

@@ -8,6 +8,7 @@ Messages to the parent:
     ("done", result)          result: history, steps, stopped_early, train_s, model_config, cost
     ("error", kind, message)  kind: oom | diverged | config | crash
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -62,8 +63,10 @@ def trial_baseline_bytes(common: dict[str, Any]) -> int:
         except EOFError:
             proc.join()
             # its traceback is on stderr above; every trial process would meet the same
-            raise MFHAError(f"the trial process that measures the memory baseline exited with code {proc.exitcode} "
-                            "before reporting its RSS; see its error above.") from None
+            raise MFHAError(
+                f"the trial process that measures the memory baseline exited with code {proc.exitcode} "
+                "before reporting its RSS; see its error above."
+            ) from None
         finally:
             proc.join()
 
@@ -148,10 +151,17 @@ def _train(conn: Connection, request: dict[str, Any], loaded: dict) -> tuple:
         # in this process: the trial's own device, threads and shape, and the same neighbours as its training
         for kind in request["cost"]["kinds"]:
             cost[kind] = measure_cost(result.model_config, tc, kind, seconds=request["cost"]["seconds"]).to_dict()
-    return ("done", {
-        "history": result.history, "steps": result.steps, "stopped_early": result.stopped_early,
-        "train_s": train_s, "model_config": result.model_config.to_dict(), "cost": cost,
-    })
+    return (
+        "done",
+        {
+            "history": result.history,
+            "steps": result.steps,
+            "stopped_early": result.stopped_early,
+            "train_s": train_s,
+            "model_config": result.model_config.to_dict(),
+            "cost": cost,
+        },
+    )
 
 
 def _warm_up(data, tc: TrainConfig) -> None:
@@ -159,7 +169,17 @@ def _warm_up(data, tc: TrainConfig) -> None:
     of a process carry one-off costs (lazy imports, thread pool, allocator) that would otherwise
     land in the trial's training time; here they run while the previous trial still trains."""
     model = ModelConfig(dim=16, n_layers=1, heads=uniform(1, 16), max_seq_len=16, vocab_size=data.tokenizer.vocab_size)
-    warm = replace(tc, device="cpu", max_steps=2, eval_interval=1, eval_windows=2, batch_size=2, seq_len=16, warmup_steps=0, max_time_s=None)
+    warm = replace(
+        tc,
+        device="cpu",
+        max_steps=2,
+        eval_interval=1,
+        eval_windows=2,
+        batch_size=2,
+        seq_len=16,
+        warmup_steps=0,
+        max_time_s=None,
+    )
     try:
         train(model, warm, data=data)
     except MFHAError:
@@ -168,7 +188,14 @@ def _warm_up(data, tc: TrainConfig) -> None:
 
 def _data_key(tc: TrainConfig) -> tuple:
     """The fields that pick the data (see mfha.data.load_data's cache key)."""
-    return (tc.dataset, tc.text_column, tc.max_train_stories, tc.max_train_tokens, tc.max_val_stories, tc.tokenizer_vocab)
+    return (
+        tc.dataset,
+        tc.text_column,
+        tc.max_train_stories,
+        tc.max_train_tokens,
+        tc.max_val_stories,
+        tc.tokenizer_vocab,
+    )
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,6 +1,7 @@
 """optuna-dashboard with an artifact store: each trial's configs, metrics.csv and loss curve, and a
 study note (markdown) that summarises the study file and the budget.
 """
+
 from __future__ import annotations
 
 import csv
@@ -93,8 +94,14 @@ def render_loss_curve(history: list[dict], path: Path, title: str) -> None:
         d.ellipse([(x - 3, y - 3), (x + 3, y + 3)], fill=blue)
     for (xa, ya), (xb, yb) in zip(trn_pts, trn_pts[1:]):
         for k in range(0, 10, 2):  # dashed: every other tenth of the segment
-            d.line([(xa + (xb - xa) * k / 10, ya + (yb - ya) * k / 10),
-                    (xa + (xb - xa) * (k + 1) / 10, ya + (yb - ya) * (k + 1) / 10)], fill=orange, width=2)
+            d.line(
+                [
+                    (xa + (xb - xa) * k / 10, ya + (yb - ya) * k / 10),
+                    (xa + (xb - xa) * (k + 1) / 10, ya + (yb - ya) * (k + 1) / 10),
+                ],
+                fill=orange,
+                width=2,
+            )
     d.text((W / 2, 8), title[:80], fill="black", font=font, anchor="mt")
     d.text(((left + W - right) / 2, H - 14), "step", fill="black", font=font, anchor="mt")
     d.text((W - right - 8, top + 8), "val bits/char", fill=blue, font=font, anchor="rt")
@@ -119,7 +126,9 @@ def upload_trial_artifacts(store: FileSystemArtifactStore, trial: optuna.Trial, 
         upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=trial)
 
 
-def study_note(config: StudyConfig, *, vocab_sizes: dict, memory_limit: int | None, memory_name: str, storage_url: str) -> str:
+def study_note(
+    config: StudyConfig, *, vocab_sizes: dict, memory_limit: int | None, memory_name: str, storage_url: str
+) -> str:
     """Markdown for the study's note in the dashboard: the study file in brief, the budget, the limits."""
     s = config.space
     lo, hi = config.band
@@ -146,8 +155,8 @@ def study_note(config: StudyConfig, *, vocab_sizes: dict, memory_limit: int | No
         f"- **full training** (export): {json.dumps(config.full_training) if config.full_training else 'as the trial'}",
         "",
         "Objective: validation bits per character (lower is better), reported at every evaluation."
-        if len(config.objectives) == 1 else
-        f"Objectives: {', '.join(config.objectives)}. val_bpc: validation bits per character, reported at every evaluation "
+        if len(config.objectives) == 1
+        else f"Objectives: {', '.join(config.objectives)}. val_bpc: validation bits per character, reported at every evaluation "
         f"(the loss pruner judges this curve). A cost: the model's seconds per token over a fixed reference model's, "
         f"timed beside it in the trial's process after training (mfha/cost.py; 1.0 = the reference, lower is faster).",
     ]
@@ -189,9 +198,16 @@ def serve(storage_url: str, *, host: str = "127.0.0.1", port: int = 8080, artifa
     store = artifact_store(folder)
     _check_port_free(host, port)
     if not is_loopback(host):
-        print(f"warning: the dashboard listens on {host}, reachable from other machines, with no authentication; "
-              f"anyone who can reach {host}:{port} can read and edit the studies.", file=sys.stderr)
-    print(f"dashboard: http://{host}:{port}/dashboard  storage {mask_url(storage_url)}  artifacts {folder}", file=sys.stderr, flush=True)
+        print(
+            f"warning: the dashboard listens on {host}, reachable from other machines, with no authentication; "
+            f"anyone who can reach {host}:{port} can read and edit the studies.",
+            file=sys.stderr,
+        )
+    print(
+        f"dashboard: http://{host}:{port}/dashboard  storage {mask_url(storage_url)}  artifacts {folder}",
+        file=sys.stderr,
+        flush=True,
+    )
     optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
 
 
@@ -202,10 +218,19 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host.") from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host."
+            ) from None
 
 
 __all__ = [
-    "serve", "artifact_store", "write_config_files", "write_result_files", "render_loss_curve", "upload_trial_artifacts",
-    "study_note", "save_study_note", "is_loopback",
+    "serve",
+    "artifact_store",
+    "write_config_files",
+    "write_result_files",
+    "render_loss_curve",
+    "upload_trial_artifacts",
+    "study_note",
+    "save_study_note",
+    "is_loopback",
 ]

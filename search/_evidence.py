@@ -5,6 +5,7 @@ The search study NAME holds one trial per sampled configuration; its companion s
 `source_trial` and `seed`. Everything here reads those two studies and nothing else, so `show`,
 `export` and the report agree on the numbers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -47,7 +48,9 @@ class Validated:
     interval: Interval
     tokens_per_s: float | None  # mean over the validation trials
     trials: list[int] = field(default_factory=list)  # validation trial numbers
-    costs: dict[str, Interval] = field(default_factory=dict)  # multi-objective: "train_cost" -> mean ± interval over the seeds
+    costs: dict[str, Interval] = field(
+        default_factory=dict
+    )  # multi-objective: "train_cost" -> mean ± interval over the seeds
     curves: dict[int, dict[int, float]] = field(default_factory=dict)  # seed -> {step: val_bpc}
 
     @property
@@ -85,17 +88,24 @@ def validated(search: optuna.Study, validation: optuna.Study) -> list[Validated]
         src = by_number.get(source)
         a = (src.user_attrs if src is not None else None) or unique[0].user_attrs
         speeds = [t.user_attrs["tokens_per_s"] for t in unique if t.user_attrs.get("tokens_per_s")]
-        rows.append(Validated(
-            source_trial=source, heads=a.get("heads", ""), family=a.get("family", ""),
-            mixed=mixes_sizes(a["model_config"]), role=a.get("role"), n_params=a.get("n_params", 0),
-            search_value=src.values[0] if src is not None and src.state == TrialState.COMPLETE else None,
-            seeds=[t.user_attrs["seed"] for t in unique], values=[t.values[0] for t in unique],
-            interval=mean_interval([t.values[0] for t in unique]),
-            tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
-            trials=[t.number for t in unique],
-            curves={t.user_attrs["seed"]: dict(sorted(t.intermediate_values.items())) for t in unique},
-            costs={name: mean_interval([t.values[i] for t in unique]) for i, name in enumerate(names) if i > 0},
-        ))
+        rows.append(
+            Validated(
+                source_trial=source,
+                heads=a.get("heads", ""),
+                family=a.get("family", ""),
+                mixed=mixes_sizes(a["model_config"]),
+                role=a.get("role"),
+                n_params=a.get("n_params", 0),
+                search_value=src.values[0] if src is not None and src.state == TrialState.COMPLETE else None,
+                seeds=[t.user_attrs["seed"] for t in unique],
+                values=[t.values[0] for t in unique],
+                interval=mean_interval([t.values[0] for t in unique]),
+                tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
+                trials=[t.number for t in unique],
+                curves={t.user_attrs["seed"]: dict(sorted(t.intermediate_values.items())) for t in unique},
+                costs={name: mean_interval([t.values[i] for t in unique]) for i, name in enumerate(names) if i > 0},
+            )
+        )
     rows.sort(key=lambda r: (r.mean, r.source_trial))
     return rows
 
@@ -108,4 +118,14 @@ def load_validation(storage, search_name: str) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-__all__ = ["Validated", "validated", "objective_names", "ranked", "load_validation", "validation_name", "mixes_sizes", "VALIDATION_SUFFIX", "BASELINE"]
+__all__ = [
+    "Validated",
+    "validated",
+    "objective_names",
+    "ranked",
+    "load_validation",
+    "validation_name",
+    "mixes_sizes",
+    "VALIDATION_SUFFIX",
+    "BASELINE",
+]

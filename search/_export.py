@@ -1,4 +1,5 @@
 """Reading results back: export a trial for full training, show the top trials, list the studies."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,13 @@ from search._storage import make_storage, mask_url
 NEUTRAL_FOR_CHECK = ("max_steps", "eval_interval", "eval_tokens")
 # what an export writes, all of it every time: a folder holding these alone, trial.json among them, is
 # an earlier export that a new one replaces whole
-EXPORT_FILES = ("model_config.json", "train_config.json", "trial_train_config.json", "tokenizer_settings.json", "trial.json")
+EXPORT_FILES = (
+    "model_config.json",
+    "train_config.json",
+    "trial_train_config.json",
+    "tokenizer_settings.json",
+    "trial.json",
+)
 
 
 @dataclass
@@ -39,26 +46,45 @@ def open_study(storage_url: str, name: str) -> optuna.Study:
     names = optuna.get_all_study_names(storage)
     if name not in names:
         near = get_close_matches(name, names, n=1)
-        hint = f"did you mean {near[0]!r}?" if near else (f"stored: {', '.join(sorted(names))}." if names else "it holds no study yet.")
+        hint = (
+            f"did you mean {near[0]!r}?"
+            if near
+            else (f"stored: {', '.join(sorted(names))}." if names else "it holds no study yet.")
+        )
         raise ConfigError(f"--study {name!r} is not in {mask_url(storage_url)}; {hint}")
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def export_trials(storage_url: str, name: str, out: str | Path, *, trial: int | None = None, top: int | None = None,
-                  pareto: bool = False, max_cost: float | None = None, cost: str | None = None,
-                  runs: str | Path = "runs") -> list[Exported]:
+def export_trials(
+    storage_url: str,
+    name: str,
+    out: str | Path,
+    *,
+    trial: int | None = None,
+    top: int | None = None,
+    pareto: bool = False,
+    max_cost: float | None = None,
+    cost: str | None = None,
+    runs: str | Path = "runs",
+) -> list[Exported]:
     """Write model_config.json, train_config.json (full-training length), tokenizer settings and trial.json.
 
     One of: the best (validated, when the study was validated), `trial` N, the `top` K, every trial on
     the Pareto front (`pareto`), or the best val_bpc whose `cost` is at most `max_cost`.
     """
-    chosen = [flag for flag, v in (("--trial", trial), ("--top", top), ("--pareto", pareto or None), ("--max-cost", max_cost)) if v is not None]
+    chosen = [
+        flag
+        for flag, v in (("--trial", trial), ("--top", top), ("--pareto", pareto or None), ("--max-cost", max_cost))
+        if v is not None
+    ]
     if len(chosen) > 1:
         raise ConfigError(f"pass one of --trial, --top, --pareto and --max-cost, but got {' and '.join(chosen)}.")
     if top is not None and top < 1:
         raise ConfigError(f"--top must be a positive integer, but got {top=}.")
     if max_cost is not None and not (isinstance(max_cost, (int, float)) and max_cost > 0 and max_cost != float("inf")):
-        raise ConfigError(f"--max-cost must be a positive number (a cost ratio, 1.0 = the reference model), but got {max_cost=}.")
+        raise ConfigError(
+            f"--max-cost must be a positive number (a cost ratio, 1.0 = the reference model), but got {max_cost=}."
+        )
     study = open_study(storage_url, name)
     out = Path(out)
     if pareto or max_cost is not None:
@@ -70,7 +96,9 @@ def export_trials(storage_url: str, name: str, out: str | Path, *, trial: int | 
         if not found:
             raise ConfigError(f"--trial {trial} is not in study {name!r}, which has trials 0..{len(study.trials) - 1}.")
         if "model_config" not in found[0].user_attrs:
-            raise ConfigError(f"--trial {trial} never got a configuration (state {found[0].state.name}, {found[0].user_attrs.get('prune_reason', 'no reason')}); pick another trial.")
+            raise ConfigError(
+                f"--trial {trial} never got a configuration (state {found[0].state.name}, {found[0].user_attrs.get('prune_reason', 'no reason')}); pick another trial."
+            )
         return _export_all(study, [(out, found[0], None)], Path(runs))
     # validated means over fresh seeds beat one lucky search value: they pick when they exist
     evidence = _validated(study)
@@ -80,18 +108,24 @@ def export_trials(storage_url: str, name: str, out: str | Path, *, trial: int | 
         raise ConfigError(f"study {name!r} has no COMPLETE trial to export yet; run it longer or pass --trial N.")
     ranks = best[:1] if top is None else best[:top]
     folders = [out] if top is None else [out / f"rank{i + 1}-trial{t.number}" for i, t in enumerate(ranks)]
-    return _export_all(study, [(folder, t, evidence[i] if evidence else None) for i, (folder, t) in enumerate(zip(folders, ranks))],
-                       Path(runs))
+    return _export_all(
+        study,
+        [(folder, t, evidence[i] if evidence else None) for i, (folder, t) in enumerate(zip(folders, ranks))],
+        Path(runs),
+    )
 
 
-def _export_tradeoff(study: optuna.Study, out: Path, runs: Path, *, pareto: bool, max_cost: float | None,
-                     cost: str | None) -> list[Exported]:
+def _export_tradeoff(
+    study: optuna.Study, out: Path, runs: Path, *, pareto: bool, max_cost: float | None, cost: str | None
+) -> list[Exported]:
     """--pareto: every trial on the Pareto front, best val_bpc first; --max-cost: the best val_bpc within the limit."""
     names = objective_names(study)
     flag = "--pareto" if pareto else "--max-cost"
     if len(names) == 1:
-        raise ConfigError(f"{flag} needs a study with a cost objective (study.objectives = [\"val_bpc\", \"train_cost\"]), "
-                          f"but study {study.study_name!r} minimizes val_bpc alone; export its best with no flag.")
+        raise ConfigError(
+            f'{flag} needs a study with a cost objective (study.objectives = ["val_bpc", "train_cost"]), '
+            f"but study {study.study_name!r} minimizes val_bpc alone; export its best with no flag."
+        )
     if pareto:
         front = sorted(study.best_trials, key=lambda t: (t.values[0], t.number))
         if cost is not None:
@@ -103,7 +137,9 @@ def _export_tradeoff(study: optuna.Study, out: Path, runs: Path, *, pareto: bool
         return _export_all(study, picks, runs)
     costs = names[1:]
     if cost is None and len(costs) > 1:
-        raise ConfigError(f"--max-cost needs --cost: study {study.study_name!r} has the costs {', '.join(costs)}; pass --cost {costs[0]}, say.")
+        raise ConfigError(
+            f"--max-cost needs --cost: study {study.study_name!r} has the costs {', '.join(costs)}; pass --cost {costs[0]}, say."
+        )
     cost = cost or costs[0]
     if cost not in costs:
         raise ConfigError(f"--cost must be one of the study's costs ({', '.join(costs)}), but got --cost {cost!r}.")
@@ -114,8 +150,10 @@ def _export_tradeoff(study: optuna.Study, out: Path, runs: Path, *, pareto: bool
         within = [v for v in evidence if v.costs[cost].mean <= max_cost]
         if not within:
             cheapest = min(evidence, key=lambda v: v.costs[cost].mean)
-            raise ConfigError(f"no validated configuration has {cost} <= {max_cost:g} (the cheapest, trial {cheapest.source_trial}, "
-                              f"has {cheapest.costs[cost].mean:.3f}); raise --max-cost.")
+            raise ConfigError(
+                f"no validated configuration has {cost} <= {max_cost:g} (the cheapest, trial {cheapest.source_trial}, "
+                f"has {cheapest.costs[cost].mean:.3f}); raise --max-cost."
+            )
         best = within[0]  # validated() sorts by mean val_bpc
         t = next(t for t in study.get_trials(deepcopy=False) if t.number == best.source_trial)
         return _export_all(study, [(out, t, best)], runs)
@@ -125,16 +163,22 @@ def _export_tradeoff(study: optuna.Study, out: Path, runs: Path, *, pareto: bool
     within = [t for t in done if t.values[i] <= max_cost]
     if not within:
         cheapest = min(done, key=lambda t: (t.values[i], t.number))
-        raise ConfigError(f"no COMPLETE trial has {cost} <= {max_cost:g} (the cheapest, trial {cheapest.number}, has "
-                          f"{cheapest.values[i]:.3f}); raise --max-cost.")
+        raise ConfigError(
+            f"no COMPLETE trial has {cost} <= {max_cost:g} (the cheapest, trial {cheapest.number}, has "
+            f"{cheapest.values[i]:.3f}); raise --max-cost."
+        )
     return _export_all(study, [(out, within[0], None)], runs)
 
 
-def _export_all(study: optuna.Study, picks: list[tuple[Path, FrozenTrial, Validated | None]], runs: Path) -> list[Exported]:
+def _export_all(
+    study: optuna.Study, picks: list[tuple[Path, FrozenTrial, Validated | None]], runs: Path
+) -> list[Exported]:
     # every folder is checked before any is written, so a refused one leaves nothing half-exported
     replaced = [_earlier_export(folder) for folder, _, _ in picks]
-    return [replace(_export_one(study, t, folder, runs, evidence), replaced=before)
-            for (folder, t, evidence), before in zip(picks, replaced)]
+    return [
+        replace(_export_one(study, t, folder, runs, evidence), replaced=before)
+        for (folder, t, evidence), before in zip(picks, replaced)
+    ]
 
 
 def _earlier_export(folder: Path) -> str | None:
@@ -148,8 +192,10 @@ def _earlier_export(folder: Path) -> str | None:
     record = _trial_record(folder / "trial.json")
     if record is None or not set(entries) <= set(EXPORT_FILES):
         shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-        raise ConfigError(f"--out must be a new or empty folder or an earlier export (one with its trial.json), but got "
-                          f"--out {str(folder)!r}, which holds {shown}; pass --out with another folder.")
+        raise ConfigError(
+            f"--out must be a new or empty folder or an earlier export (one with its trial.json), but got "
+            f"--out {str(folder)!r}, which holds {shown}; pass --out with another folder."
+        )
     return f"trial {record['number']} of study {record['study']!r}"
 
 
@@ -189,16 +235,24 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, e
     tc.save(folder / "trial_train_config.json")
     settings = {
         "kind": "character" if tc.tokenizer_vocab is None else "bpe",
-        "tokenizer_vocab": tc.tokenizer_vocab, "vocab_size": mc.vocab_size, "dataset": tc.dataset,
-        "text_column": tc.text_column, "max_train_stories": tc.max_train_stories, "max_train_tokens": tc.max_train_tokens,
+        "tokenizer_vocab": tc.tokenizer_vocab,
+        "vocab_size": mc.vocab_size,
+        "dataset": tc.dataset,
+        "text_column": tc.text_column,
+        "max_train_stories": tc.max_train_stories,
+        "max_train_tokens": tc.max_train_tokens,
         "note": "mfha.train retrains this tokenizer from the same slice (deterministic; cached)",
     }
     (folder / "tokenizer_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     names = objective_names(study)
     record = {
-        "study": study.study_name, "number": t.number, "state": t.state.name, "value": t.values[0] if t.values else None,
+        "study": study.study_name,
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.values[0] if t.values else None,
         "values": dict(zip(names, t.values)) if t.values else None,
-        "params": t.params, "user_attrs": t.user_attrs,
+        "params": t.params,
+        "user_attrs": t.user_attrs,
         "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
         "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
@@ -207,9 +261,16 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, e
     }
     if evidence is not None:
         iv = evidence.interval
-        record["validation"] = {"mean": iv.mean, "low": iv.low, "high": iv.high, "confidence": 0.95, "seeds": evidence.seeds,
-                                "values": evidence.values, "study": study.study_name + ".validation",
-                                **{name: {"mean": c.mean, "low": c.low, "high": c.high} for name, c in evidence.costs.items()}}
+        record["validation"] = {
+            "mean": iv.mean,
+            "low": iv.low,
+            "high": iv.high,
+            "confidence": 0.95,
+            "seeds": evidence.seeds,
+            "values": evidence.values,
+            "study": study.study_name + ".validation",
+            **{name: {"mean": c.mean, "low": c.low, "high": c.high} for name, c in evidence.costs.items()},
+        }
     (folder / "trial.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     run_name = folder.name if folder.name else "export"
     q = lambda p: shlex.quote(str(p))  # noqa: E731
@@ -219,15 +280,43 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, e
     # the trial's thread count too: another count sums floats in another order (on the smoke study,
     # 2 threads instead of the trial's 1 moved val_bpc by 0.5%; 1 reproduced it to the last digit)
     threads = f" --threads {t.user_attrs['threads']}" if t.user_attrs.get("threads") and tc.device != "cuda" else ""
-    configs = (f"--from {q(folder)} --max-steps {steps}" if same else
-               f"--model-config {q(folder / 'model_config.json')} --train-config {q(folder / 'trial_train_config.json')}")
+    configs = (
+        f"--from {q(folder)} --max-steps {steps}"
+        if same
+        else f"--model-config {q(folder / 'model_config.json')} --train-config {q(folder / 'trial_train_config.json')}"
+    )
     check = f"python -m mfha.train {configs}{threads} --out {q(runs / (run_name + '-check'))}"
-    return Exported(folder, t.number, t.values[0] if t.values else None, command, check, evidence,
-                    costs=dict(zip(names[1:], t.values[1:])) if t.values else {})
+    return Exported(
+        folder,
+        t.number,
+        t.values[0] if t.values else None,
+        command,
+        check,
+        evidence,
+        costs=dict(zip(names[1:], t.values[1:])) if t.values else {},
+    )
 
 
-COLUMNS = ["number", "state", "val_bpc", "validated", "role", "n_params", "n_layers", "dim", "heads", "family", "mlp_mult", "lr",
-           "batch_size", "tokens_per_s", "peak_mem_mib", "forecast_peak_mib", "duration_s", "reason"]
+COLUMNS = [
+    "number",
+    "state",
+    "val_bpc",
+    "validated",
+    "role",
+    "n_params",
+    "n_layers",
+    "dim",
+    "heads",
+    "family",
+    "mlp_mult",
+    "lr",
+    "batch_size",
+    "tokens_per_s",
+    "peak_mem_mib",
+    "forecast_peak_mib",
+    "duration_s",
+    "reason",
+]
 
 
 def columns(study: optuna.Study) -> list[str]:
@@ -246,33 +335,58 @@ def trial_rows(study: optuna.Study) -> list[dict]:
         a, p = t.user_attrs, t.params
         v = evidence.get(t.number)
         last = t.intermediate_values[t.last_step] if t.last_step is not None else None
-        rows.append({
-            "number": t.number, "state": t.state.name,
-            "val_bpc": t.values[0] if t.state == TrialState.COMPLETE else last,
-            **{name: a.get(name) for name in costs},
-            **{f"validated_{name}": v.costs[name].text(3) if v is not None and name in v.costs else None for name in costs},
-            # the mean over the validation seeds ± its 95% interval, and how many seeds
-            "validated": f"{v.interval.text()} ({v.interval.n})" if v is not None else None, "role": a.get("role"),
-            "n_params": a.get("n_params"), "n_layers": p.get("n_layers"), "dim": p.get("dim"),
-            "heads": a.get("heads"), "family": a.get("family"), "mlp_mult": p.get("mlp_mult", (a.get("model_config") or {}).get("mlp_mult")),
-            "lr": p.get("lr", (a.get("train_config") or {}).get("lr")),
-            "batch_size": p.get("batch_size", (a.get("train_config") or {}).get("batch_size")),
-            "tokens_per_s": a.get("tokens_per_s"), "peak_mem_mib": a.get("peak_mem_mib"),
-            "forecast_peak_mib": a.get("forecast_peak_mib"),
-            "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
-            "reason": a.get("prune_reason") or a.get("fail_reason") or (f"same as trial {a['reused_from']}" if "reused_from" in a else ""),
-        })
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "val_bpc": t.values[0] if t.state == TrialState.COMPLETE else last,
+                **{name: a.get(name) for name in costs},
+                **{
+                    f"validated_{name}": v.costs[name].text(3) if v is not None and name in v.costs else None
+                    for name in costs
+                },
+                # the mean over the validation seeds ± its 95% interval, and how many seeds
+                "validated": f"{v.interval.text()} ({v.interval.n})" if v is not None else None,
+                "role": a.get("role"),
+                "n_params": a.get("n_params"),
+                "n_layers": p.get("n_layers"),
+                "dim": p.get("dim"),
+                "heads": a.get("heads"),
+                "family": a.get("family"),
+                "mlp_mult": p.get("mlp_mult", (a.get("model_config") or {}).get("mlp_mult")),
+                "lr": p.get("lr", (a.get("train_config") or {}).get("lr")),
+                "batch_size": p.get("batch_size", (a.get("train_config") or {}).get("batch_size")),
+                "tokens_per_s": a.get("tokens_per_s"),
+                "peak_mem_mib": a.get("peak_mem_mib"),
+                "forecast_peak_mib": a.get("forecast_peak_mib"),
+                "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
+                "reason": a.get("prune_reason")
+                or a.get("fail_reason")
+                or (f"same as trial {a['reused_from']}" if "reused_from" in a else ""),
+            }
+        )
     return rows
 
 
 def validated_table(storage_url: str, name: str) -> str:
     """The validated configurations, best mean first: the answer of `validate`."""
     study = open_study(storage_url, name)
-    rows = [{"rank": i + 1, "trial": v.source_trial, "heads": v.heads, "family": v.family, "role": v.role,
-             "n_params": v.n_params, "validated": v.interval.text(), **{name: c.text(3) for name, c in v.costs.items()},
-             "seeds": " ".join(map(str, v.seeds)),
-             "search_val_bpc": v.search_value, "tokens_per_s": round(v.tokens_per_s) if v.tokens_per_s else None}
-            for i, v in enumerate(_validated(study))]
+    rows = [
+        {
+            "rank": i + 1,
+            "trial": v.source_trial,
+            "heads": v.heads,
+            "family": v.family,
+            "role": v.role,
+            "n_params": v.n_params,
+            "validated": v.interval.text(),
+            **{name: c.text(3) for name, c in v.costs.items()},
+            "seeds": " ".join(map(str, v.seeds)),
+            "search_val_bpc": v.search_value,
+            "tokens_per_s": round(v.tokens_per_s) if v.tokens_per_s else None,
+        }
+        for i, v in enumerate(_validated(study))
+    ]
     if not rows:
         return f"study {name!r} has no validated configuration yet; run: python run_search.py validate --study {name}"
     table = format_table(rows, list(rows[0]))
@@ -306,13 +420,14 @@ def show(storage_url: str, name: str, *, top: int = 10, csv: str | Path | None =
 
 def format_table(rows: list[dict], columns: list[str], *, max_width: int = 48) -> str:
     """Right-aligned text columns: numbers from 1,000 up whole, smaller ones to 4 significant digits, None blank."""
+
     def cell(v) -> str:
         if v is None:
             return ""
         if isinstance(v, float):
             return f"{v:.0f}" if abs(v) >= 1e3 else f"{v:.4g}"
         text = str(v)
-        return text if len(text) <= max_width else text[:max_width - 3] + "..."
+        return text if len(text) <= max_width else text[: max_width - 3] + "..."
 
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -342,13 +457,38 @@ def studies_frame(storage_url: str):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         states = [t.state for t in study.get_trials(deepcopy=False)]
         best = summary.best_trial
-        rows.append({
-            "study": summary.study_name, "trials": len(states),
-            **{s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)},
-            "best_val_bpc": best.values[0] if best else None, "best_trial": best.number if best else None,
-            "started": summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else None,
-        })
+        rows.append(
+            {
+                "study": summary.study_name,
+                "trials": len(states),
+                **{
+                    s.name.lower(): states.count(s)
+                    for s in (
+                        TrialState.COMPLETE,
+                        TrialState.PRUNED,
+                        TrialState.FAIL,
+                        TrialState.RUNNING,
+                        TrialState.WAITING,
+                    )
+                },
+                "best_val_bpc": best.values[0] if best else None,
+                "best_trial": best.number if best else None,
+                "started": summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-__all__ = ["export_trials", "objective_names", "columns", "show", "format_table", "trial_rows", "trials_frame", "studies_frame", "open_study", "ranked", "Exported"]
+__all__ = [
+    "export_trials",
+    "objective_names",
+    "columns",
+    "show",
+    "format_table",
+    "trial_rows",
+    "trials_frame",
+    "studies_frame",
+    "open_study",
+    "ranked",
+    "Exported",
+]

@@ -10,6 +10,7 @@ storage's refresh) is replaced; every write and single-trial read is Optuna's ow
 (a trial records about 15: one commit each cost 4 ms on SQLite), and taking a queued trial
 (WAITING -> RUNNING) is one conditional UPDATE (see `set_trial_state_values`).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -29,8 +30,13 @@ _UTC_COLUMNS = hasattr(models.TrialModel, "_datetime_start_utc")
 
 
 class FastReadRDBStorage(RDBStorage):
-    def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
-                    trial_id_greater_than: int) -> list[FrozenTrial]:
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
         included = {i for i in included_trial_ids if i <= trial_id_greater_than}
         trials = models.TrialModel.__table__
         where = [trials.c.study_id == study_id]
@@ -48,15 +54,33 @@ class FastReadRDBStorage(RDBStorage):
             if conn.execute(select(studies.c.study_id).where(studies.c.study_id == study_id)).first() is None:
                 raise KeyError(models.NOT_FOUND_MSG)
             rows = conn.execute(
-                select(trials.c.trial_id, trials.c.number, trials.c.state, trials.c.datetime_start, trials.c.datetime_complete)
-                .where(*where).order_by(trials.c.trial_id)
+                select(
+                    trials.c.trial_id,
+                    trials.c.number,
+                    trials.c.state,
+                    trials.c.datetime_start,
+                    trials.c.datetime_complete,
+                )
+                .where(*where)
+                .order_by(trials.c.trial_id)
             ).all()
-            params = _children(conn, models.TrialParamModel, ids, "param_id", "param_name", "param_value", "distribution_json")
+            params = _children(
+                conn, models.TrialParamModel, ids, "param_id", "param_name", "param_value", "distribution_json"
+            )
             values = _children(conn, models.TrialValueModel, ids, "trial_value_id", "objective", "value", "value_type")
             user = _children(conn, models.TrialUserAttributeModel, ids, "trial_user_attribute_id", "key", "value_json")
-            system = _children(conn, models.TrialSystemAttributeModel, ids, "trial_system_attribute_id", "key", "value_json")
-            inter = _children(conn, models.TrialIntermediateValueModel, ids, "trial_intermediate_value_id",
-                              "step", "intermediate_value", "intermediate_value_type")
+            system = _children(
+                conn, models.TrialSystemAttributeModel, ids, "trial_system_attribute_id", "key", "value_json"
+            )
+            inter = _children(
+                conn,
+                models.TrialIntermediateValueModel,
+                ids,
+                "trial_intermediate_value_id",
+                "step",
+                "intermediate_value",
+                "intermediate_value_type",
+            )
 
         dists: dict[str, Any] = {}
 
@@ -73,19 +97,25 @@ class FastReadRDBStorage(RDBStorage):
                 for objective, value, kind in values[trial_id]:
                     vals[objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
             ps = params[trial_id]
-            out.append(FrozenTrial(
-                number=number, state=state, value=None, values=vals,
-                datetime_start=_local(start), datetime_complete=_local(complete),
-                params={name: dist(d).to_external_repr(v) for name, v, d in ps},
-                distributions={name: dist(d) for name, _, d in ps},
-                user_attrs={k: json.loads(v) for k, v in user[trial_id]},
-                system_attrs={k: json.loads(v) for k, v in system[trial_id]},
-                intermediate_values={
-                    step: models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(v, kind)
-                    for step, v, kind in inter[trial_id]
-                },
-                trial_id=trial_id,
-            ))
+            out.append(
+                FrozenTrial(
+                    number=number,
+                    state=state,
+                    value=None,
+                    values=vals,
+                    datetime_start=_local(start),
+                    datetime_complete=_local(complete),
+                    params={name: dist(d).to_external_repr(v) for name, v, d in ps},
+                    distributions={name: dist(d) for name, _, d in ps},
+                    user_attrs={k: json.loads(v) for k, v in user[trial_id]},
+                    system_attrs={k: json.loads(v) for k, v in system[trial_id]},
+                    intermediate_values={
+                        step: models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(v, kind)
+                        for step, v, kind in inter[trial_id]
+                    },
+                    trial_id=trial_id,
+                )
+            )
         return out
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
@@ -100,8 +130,11 @@ class FastReadRDBStorage(RDBStorage):
         start = now.astimezone(datetime.timezone.utc).replace(tzinfo=None) if _UTC_COLUMNS else now
         trials = models.TrialModel.__table__
         with self.engine.begin() as conn:
-            taken = conn.execute(update(trials).where(trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING)
-                                 .values(state=TrialState.RUNNING, datetime_start=start))
+            taken = conn.execute(
+                update(trials)
+                .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING, datetime_start=start)
+            )
         return taken.rowcount == 1
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
@@ -115,7 +148,9 @@ def _children(conn, model, ids, order: str, *columns: str) -> dict[int, list[tup
     """`columns` of the rows of `model`'s table that belong to the selected trials, per trial, in row order."""
     table = model.__table__
     rows = conn.execute(
-        select(table.c.trial_id, *(table.c[c] for c in columns)).where(table.c.trial_id.in_(ids)).order_by(table.c[order])
+        select(table.c.trial_id, *(table.c[c] for c in columns))
+        .where(table.c.trial_id.in_(ids))
+        .order_by(table.c[order])
     )
     out: dict[int, list[tuple]] = defaultdict(list)
     for trial_id, *rest in rows:

@@ -15,6 +15,7 @@ at most one trial of that holder. When every holder is down to one thread (more 
 does not wait, and trains with one thread: single-threaded processes only time-share a core.
 `MFHA_HOST_SLOTS=0` turns all of this off (each run then takes its cap, as before).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -37,7 +38,9 @@ def host_cores() -> int:
 def enabled() -> bool:
     value = os.environ.get(ENV, "1").strip()
     if value not in ("0", "1"):
-        raise ConfigError(f"{ENV} must be 0 (runs on this machine ignore each other) or 1 (they share the cores), but got {ENV}={value!r}.")
+        raise ConfigError(
+            f"{ENV} must be 0 (runs on this machine ignore each other) or 1 (they share the cores), but got {ENV}={value!r}."
+        )
     return value == "1"
 
 
@@ -52,7 +55,11 @@ def slots_folder(cache_dir: str | Path | None = None) -> Path:
 def wanted(threads_flag: int | None, study_threads: int | None, workers: int, cores: int) -> tuple[int, str]:
     """The threads a run (or each of its `--workers`) would use alone on this machine, and what capped them."""
     split = max(1, cores // workers)
-    cap, why = (threads_flag, f"--threads {threads_flag}") if threads_flag else (study_threads, f"training.threads = {study_threads}")
+    cap, why = (
+        (threads_flag, f"--threads {threads_flag}")
+        if threads_flag
+        else (study_threads, f"training.threads = {study_threads}")
+    )
     if cap and cap <= split:
         return cap, why if cap < cores else ""
     return split, f"--workers {workers} share them" if workers > 1 else ""
@@ -61,8 +68,15 @@ def wanted(threads_flag: int | None, study_threads: int | None, workers: int, co
 class CoreShare:
     """The cores this process holds; `threads` is what its next trial trains with."""
 
-    def __init__(self, want: int, *, folder: Path, cores: int | None = None, active: bool = True,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        want: int,
+        *,
+        folder: Path,
+        cores: int | None = None,
+        active: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         if want < 1:
             raise ValueError(f"want must be a positive integer, but got {want=}.")
         self.want = want
@@ -98,10 +112,14 @@ class CoreShare:
         if self.held:
             return f"{self.cores} cores, {len(others)} held by {whose}: {threads}{cap}"
         if self.must_wait():
-            return (f"{self.cores} cores, all held by {whose}: waits for one before its first trial "
-                    f"(a run holding more than one gives one back at the start of its next trial)")
-        return (f"{self.cores} cores, all held by {whose} with one thread each: {threads} without a core of its own "
-                f"(single threads time-share a core without busy-waiting)")
+            return (
+                f"{self.cores} cores, all held by {whose}: waits for one before its first trial "
+                f"(a run holding more than one gives one back at the start of its next trial)"
+            )
+        return (
+            f"{self.cores} cores, all held by {whose} with one thread each: {threads} without a core of its own "
+            f"(single threads time-share a core without busy-waiting)"
+        )
 
     def must_wait(self) -> bool:
         """No core, and some other run trains with several threads: one more thread would make its team busy-wait."""
@@ -125,8 +143,10 @@ class CoreShare:
         self._set_waiting(not self.held)
         if waited:
             n = self.threads
-            self.log(f"{'a core came free' if self.held else 'every other run is down to one thread'} after "
-                     f"{time.monotonic() - t0:.0f} s: {n} torch thread{'s' if n != 1 else ''} per trial")
+            self.log(
+                f"{'a core came free' if self.held else 'every other run is down to one thread'} after "
+                f"{time.monotonic() - t0:.0f} s: {n} torch thread{'s' if n != 1 else ''} per trial"
+            )
 
     def refresh(self) -> int:
         """At the start of a trial: give cores back to waiting runs, or take free ones up to `want`."""
@@ -221,8 +241,9 @@ class CoreShare:
         return count
 
 
-def share_cores(threads_flag: int | None, study_threads: int | None, workers: int, *, cache_dir=None,
-                log: Callable[[str], None]) -> CoreShare:
+def share_cores(
+    threads_flag: int | None, study_threads: int | None, workers: int, *, cache_dir=None, log: Callable[[str], None]
+) -> CoreShare:
     """This run's cores, claimed now; logs the line saying how many threads it got and why."""
     cores = host_cores()
     want, why = wanted(threads_flag, study_threads, workers, cores)
@@ -235,7 +256,9 @@ def preview(threads_flag: int | None, study_threads: int | None, workers: int, *
     """For a `--workers` supervisor, which holds no core itself: the cores free now and what each worker will claim."""
     cores = host_cores()
     want, why = wanted(threads_flag, study_threads, workers, cores)
-    each = f"{workers} workers, each claiming up to {want} torch thread{'s' if want != 1 else ''} per trial" + (f" ({why})" if why else "")
+    each = f"{workers} workers, each claiming up to {want} torch thread{'s' if want != 1 else ''} per trial" + (
+        f" ({why})" if why else ""
+    )
     if not enabled():
         return f"{cores} cores, shared with no other run ({ENV}=0): {each}"
     held = _holders(slots_folder(cache_dir), cores)

@@ -5,6 +5,7 @@ already (so start-up costs milliseconds). The study process reports each evaluat
 answers the child's "continue?" with the pruner's verdict, and watches the child's RSS against the
 limit; a crossing, an out-of-memory error or a crash ends that trial only, never the study.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -89,9 +90,17 @@ class Objective:
     configuration an earlier trial trained takes that trial's result instead of training again.
     """
 
-    def __init__(self, config: StudyConfig, space: SearchSpace, pruner: MemoryAwarePruner, settings: TrialSettings,
-                 *, progress: Progress | None = None, propose: Callable[[optuna.Trial], Candidate] | None = None,
-                 reuse: bool = True) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        space: SearchSpace,
+        pruner: MemoryAwarePruner,
+        settings: TrialSettings,
+        *,
+        progress: Progress | None = None,
+        propose: Callable[[optuna.Trial], Candidate] | None = None,
+        reuse: bool = True,
+    ) -> None:
         self.config = config
         self.space = space
         self.propose = propose or space.suggest
@@ -141,7 +150,13 @@ class Objective:
             return self._reuse(trial, earlier)
         forecast = estimate_training_peak(mc, tc, self.settings.device, baseline_bytes=self.settings.baseline_bytes)
         trial.set_user_attr(FORECAST_ATTR, round(forecast / MIB, 1))
-        attrs = {**cand.attrs, "config_key": key, "model_config": mc.to_dict(), "train_config": tc.to_dict(), **self.extra_attrs}
+        attrs = {
+            **cand.attrs,
+            "config_key": key,
+            "model_config": mc.to_dict(),
+            "train_config": tc.to_dict(),
+            **self.extra_attrs,
+        }
         # the composed pruner sees the forecast before anything is allocated
         if self._should_prune(trial):
             reason = self.pruner.forecast_verdict(forecast / MIB) or "pruned before allocation"
@@ -184,7 +199,9 @@ class Objective:
         if self.config.cost_kinds:
             request["cost"] = {"kinds": list(self.config.cost_kinds), "seconds": self.config.cost_seconds}
         if self.progress is not None:
-            self.progress.trial_started(trial.number, tc.max_steps, f"{cand.attrs['heads']} ({cand.attrs['n_params']:,} params)")
+            self.progress.trial_started(
+                trial.number, tc.max_steps, f"{cand.attrs['heads']} ({cand.attrs['n_params']:,} params)"
+            )
         self._reap()
         proc, parent_conn = self._take_spare() or self._start()
         parent_conn.send(request)
@@ -265,8 +282,12 @@ class Objective:
     def _start(self) -> tuple[multiprocessing.process.BaseProcess, Any]:
         """A trial process, started ahead of its configuration: it loads the data, then waits."""
         s = self.settings
-        common = {"cache_dir": str(s.cache_dir), "threads": s.threads, "gpu_limit": s.gpu_limit,
-                  "preload": [self.config.train_config(tokenizer_vocab=v).to_dict() for v in self.config.vocab_choices]}
+        common = {
+            "cache_dir": str(s.cache_dir),
+            "threads": s.threads,
+            "gpu_limit": s.gpu_limit,
+            "preload": [self.config.train_config(tokenizer_vocab=v).to_dict() for v in self.config.vocab_choices],
+        }
         parent_conn, child_conn = self._ctx.Pipe()
         proc = self._ctx.Process(target=serve, args=(child_conn, common), daemon=True, name="mfha-trial")
         proc.start()
@@ -333,8 +354,16 @@ class Objective:
             return self.pruner.measured_verdict(rss, step)
         return self.pruner.measured_verdict(rss, step, limit=self.settings.ram_limit, name="RAM")
 
-    def _finish(self, trial: optuna.Trial, cand: Candidate, outcome: tuple, history: list[dict],
-                peak_rss: int, loss_reason: str | None, exitcode: int | None) -> float | list[float]:
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        cand: Candidate,
+        outcome: tuple,
+        history: list[dict],
+        peak_rss: int,
+        loss_reason: str | None,
+        exitcode: int | None,
+    ) -> float | list[float]:
         mc = cand.model_config
         result = outcome[1] if outcome[0] == "done" else {}
         train_s = self._train_s = result.get("train_s", 0.0)
@@ -361,19 +390,28 @@ class Objective:
             kind = outcome[1]
             reason = f"{'out of memory' if kind == 'oom' else 'diverged'}: {outcome[2]}"
         elif outcome[0] == "died" and exitcode == -signal.SIGKILL:
-            kind, reason = "oom", f"out of memory: the trial process was killed (SIGKILL, likely the kernel's OOM killer) after step {final['steps']}"
+            kind, reason = (
+                "oom",
+                f"out of memory: the trial process was killed (SIGKILL, likely the kernel's OOM killer) after step {final['steps']}",
+            )
         if reason is not None:
             _set_attrs(trial, **final, prune_kind=kind, prune_reason=reason)
             raise optuna.TrialPruned(reason)
         if outcome[0] != "done" or not history:
-            why = outcome[2] if outcome[0] == "error" else f"the trial process exited with code {exitcode} without a result"
+            why = (
+                outcome[2]
+                if outcome[0] == "error"
+                else f"the trial process exited with code {exitcode} without a result"
+            )
             _set_attrs(trial, **final, fail_reason=why)
             raise TrialFailed(f"trial {trial.number} failed: {why}")
         costs = result.get("cost", {})
         for kind, c in costs.items():
             # the ratio is the objective; the raw speeds beside it show how much the machine's load moved
             final[f"{kind}_cost"] = round(c["ratio"], 4)
-            final[f"{kind}_cost_detail"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items() if k != "kind"}
+            final[f"{kind}_cost_detail"] = {
+                k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items() if k != "kind"
+            }
         _set_attrs(trial, **final)
         value = float(history[-1]["val_bpc"])
         if not self.multi:

@@ -4,6 +4,7 @@ Memory is judged from a trial's user attrs, so it works through plain `trial.sho
 `forecast_peak_mib` (set before anything is allocated) over the limit prunes the trial before the
 model exists. Whoever prunes records a `prune_reason` with the numbers (see `explain`).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -26,8 +27,15 @@ def fmt_bytes(n: float) -> str:
 class MemoryAwarePruner(BasePruner):
     """Prunes when the forecast peak memory exceeds `memory_limit` bytes, else defers to `loss_pruner`."""
 
-    def __init__(self, loss_pruner: BasePruner, *, memory_limit: int | None, kind: str = "none", memory_name: str = "RAM",
-                 step_unit: str = "steps") -> None:
+    def __init__(
+        self,
+        loss_pruner: BasePruner,
+        *,
+        memory_limit: int | None,
+        kind: str = "none",
+        memory_name: str = "RAM",
+        step_unit: str = "steps",
+    ) -> None:
         if memory_limit is not None and memory_limit <= 0:
             raise ValueError(f"memory_limit must be positive or None, but got {memory_limit=}.")
         if step_unit not in ("steps", "tokens"):
@@ -54,7 +62,9 @@ class MemoryAwarePruner(BasePruner):
             f"pruned before allocation"
         )
 
-    def measured_verdict(self, measured_bytes: int, step: int | None, *, limit: int | None = None, name: str | None = None) -> str | None:
+    def measured_verdict(
+        self, measured_bytes: int, step: int | None, *, limit: int | None = None, name: str | None = None
+    ) -> str | None:
         """The prune reason when the trial process's measured memory is over the limit, else None."""
         limit = self.memory_limit if limit is None else limit
         if limit is None or measured_bytes <= limit:
@@ -77,8 +87,10 @@ class MemoryAwarePruner(BasePruner):
         if not others:
             return head
         which = "finished" if rungs else "complete"
-        return (f"{head}; {which} trials at {at}: median {statistics.median(others):.4f}, "
-                f"best {min(others):.4f} (n={len(others)})")
+        return (
+            f"{head}; {which} trials at {at}: median {statistics.median(others):.4f}, "
+            f"best {min(others):.4f} (n={len(others)})"
+        )
 
 
 def make_loss_pruner(p: PruningConfig, *, max_steps: int, eval_interval: int) -> BasePruner:
@@ -86,20 +98,29 @@ def make_loss_pruner(p: PruningConfig, *, max_steps: int, eval_interval: int) ->
     with a token budget (`max_steps` is then the budget and `eval_interval` the tokens between evaluations)."""
     min_resource = p.min_resource or eval_interval
     if p.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps, interval_steps=p.interval_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps, interval_steps=p.interval_steps
+        )
     if p.pruner == "percentile":
         return optuna.pruners.PercentilePruner(
-            p.percentile, n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_steps, interval_steps=p.interval_steps,
+            p.percentile,
+            n_startup_trials=p.startup_trials,
+            n_warmup_steps=p.warmup_steps,
+            interval_steps=p.interval_steps,
         )
     if p.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=p.reduction_factor)
     if p.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_steps, reduction_factor=p.reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=min_resource, max_resource=max_steps, reduction_factor=p.reduction_factor
+        )
     if p.pruner == "wilcoxon":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # its startup counts reported evaluations, not training steps
-            return optuna.pruners.WilcoxonPruner(p_threshold=p.p_threshold, n_startup_steps=max(1, p.warmup_steps // eval_interval))
+            return optuna.pruners.WilcoxonPruner(
+                p_threshold=p.p_threshold, n_startup_steps=max(1, p.warmup_steps // eval_interval)
+            )
     return optuna.pruners.NopPruner()
 
 

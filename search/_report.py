@@ -7,6 +7,7 @@ intervals and differences come from `search._evidence` and `search._stats` (the 
 come from Optuna's importance and matplotlib visualization APIs; only what neither draws (validated
 means with their intervals, mean validation curves) is drawn here. Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import base64
@@ -93,12 +94,16 @@ def _write(path: Path, text: str) -> None:
         raise ConfigError(f"cannot write {str(path)!r} in --out: {e.strerror}.") from None
 
 
-def gather(study: optuna.Study, validation: optuna.Study | None, rows: list[Validated], *, storage_url: str,
-           out: Path) -> dict[str, Any]:
+def gather(
+    study: optuna.Study, validation: optuna.Study | None, rows: list[Validated], *, storage_url: str, out: Path
+) -> dict[str, Any]:
     """Every figure the report states, JSON-ready (an infinite interval bound is null)."""
     trials = study.get_trials(deepcopy=False)
     vtrials = validation.get_trials(deepcopy=False) if validation is not None else []
-    why = {int(p["source_trial"]): list(p.get("why", [])) for p in (validation.user_attrs.get("selection", []) if validation else [])}
+    why = {
+        int(p["source_trial"]): list(p.get("why", []))
+        for p in (validation.user_attrs.get("selection", []) if validation else [])
+    }
     setup = _setup(study, trials)
     names = objective_names(study)
     # keys a single-objective report lacks stay out of it, so its report.json is as it was
@@ -109,8 +114,13 @@ def gather(study: optuna.Study, validation: optuna.Study | None, rows: list[Vali
         "validation_study": validation.study_name if validation is not None else None,
         "setup": setup,
         "trials": {"search": _counts(trials), "validation": _counts(vtrials) if validation is not None else None},
-        "prune_kinds": dict(sorted(Counter(t.user_attrs.get("prune_kind", "unrecorded") for t in trials
-                                           if t.state == TrialState.PRUNED).items())),
+        "prune_kinds": dict(
+            sorted(
+                Counter(
+                    t.user_attrs.get("prune_kind", "unrecorded") for t in trials if t.state == TrialState.PRUNED
+                ).items()
+            )
+        ),
         "compute": _compute(trials, vtrials),
         "memory": _memory(trials),
         **multi,
@@ -158,8 +168,17 @@ def _compute(trials: list[FrozenTrial], vtrials: list[FrozenTrial]) -> dict[str,
             if t.duration is None:  # still running, or never started
                 continue
             device = (t.user_attrs.get("train_config") or {}).get("device") or "unrecorded"
-            d = out.setdefault(device, {"trials": 0, "search_hours": 0.0, "validation_hours": 0.0, "hours": 0.0,
-                                        "core_hours": 0.0 if device == "cpu" else None, "no_threads": 0})
+            d = out.setdefault(
+                device,
+                {
+                    "trials": 0,
+                    "search_hours": 0.0,
+                    "validation_hours": 0.0,
+                    "hours": 0.0,
+                    "core_hours": 0.0 if device == "cpu" else None,
+                    "no_threads": 0,
+                },
+            )
             hours = t.duration.total_seconds() / 3600
             d["trials"] += 1
             d[f"{which}_hours"] += hours
@@ -178,9 +197,17 @@ def _memory(trials: list[FrozenTrial]) -> dict[str, Any]:
         a = t.user_attrs
         if t.state == TrialState.PRUNED and a.get("prune_kind") in MEMORY_KINDS:
             never = a["prune_kind"] == "memory_forecast"
-            pruned.append({"trial": t.number, "kind": a["prune_kind"], "heads": a.get("heads"),
-                           "forecast_mib": a.get("forecast_peak_mib"), "measured_mib": None if never else a.get("peak_mem_mib"),
-                           "never_allocated": never, "reason": a.get("prune_reason", "")})
+            pruned.append(
+                {
+                    "trial": t.number,
+                    "kind": a["prune_kind"],
+                    "heads": a.get("heads"),
+                    "forecast_mib": a.get("forecast_peak_mib"),
+                    "measured_mib": None if never else a.get("peak_mem_mib"),
+                    "never_allocated": never,
+                    "reason": a.get("prune_reason", ""),
+                }
+            )
     pairs = []
     for t in trials:
         f, m = t.user_attrs.get("forecast_peak_mib"), t.user_attrs.get("peak_mem_mib")
@@ -188,12 +215,17 @@ def _memory(trials: list[FrozenTrial]) -> dict[str, Any]:
             pairs.append({"trial": t.number, "forecast_mib": f, "measured_mib": m, "error": (f - m) / m})
     over = max(pairs, key=lambda p: p["error"], default=None)
     under = min(pairs, key=lambda p: p["error"], default=None)
-    return {"pruned": pruned, "compared": len(pairs),
-            "worst_over": over if over and over["error"] > 0 else None,
-            "worst_under": under if under and under["error"] < 0 else None}
+    return {
+        "pruned": pruned,
+        "compared": len(pairs),
+        "worst_over": over if over and over["error"] > 0 else None,
+        "worst_under": under if under and under["error"] < 0 else None,
+    }
 
 
-def family_rows(trials: list[FrozenTrial], rows: list[Validated], names: Sequence[str] = ("val_bpc",)) -> list[dict[str, Any]]:
+def family_rows(
+    trials: list[FrozenTrial], rows: list[Validated], names: Sequence[str] = ("val_bpc",)
+) -> list[dict[str, Any]]:
     """One row per head family of the search (baselines apart): its best search value and its best
     validated configuration; params and tokens/s are the validated configuration's, else the best search trial's.
     With costs among the objective `names`, each cost of the family too (see _family_costs)."""
@@ -207,18 +239,28 @@ def family_rows(trials: list[FrozenTrial], rows: list[Validated], names: Sequenc
         best = done[0] if done else None
         numbers = {t.number for t in ts}
         v = next((r for r in rows if r.source_trial in numbers), None)  # rows come best first
-        out.append({
-            "family": family, "baseline": baseline, "trials": len(ts), "complete": len(done),
-            "best_search_value": best.values[0] if best else None, "best_search_trial": best.number if best else None,
-            "validated_trial": v.source_trial if v else None,
-            "heads": v.heads if v else (best.user_attrs.get("heads") if best else None),
-            "mean": v.mean if v else None, "low": _finite(v.interval.low) if v else None,
-            "high": _finite(v.interval.high) if v else None, "seeds": v.interval.n if v else 0,
-            "n_params": v.n_params if v else (best.user_attrs.get("n_params") if best else None),
-            "tokens_per_s": v.tokens_per_s if v else (best.user_attrs.get("tokens_per_s") if best else None),
-            **({"costs": _family_costs(done, v, names)} if len(names) > 1 else {}),
-        })
-    out.sort(key=lambda r: (_last_if_none(r["mean"]), _last_if_none(r["best_search_value"]), r["family"], r["baseline"]))
+        out.append(
+            {
+                "family": family,
+                "baseline": baseline,
+                "trials": len(ts),
+                "complete": len(done),
+                "best_search_value": best.values[0] if best else None,
+                "best_search_trial": best.number if best else None,
+                "validated_trial": v.source_trial if v else None,
+                "heads": v.heads if v else (best.user_attrs.get("heads") if best else None),
+                "mean": v.mean if v else None,
+                "low": _finite(v.interval.low) if v else None,
+                "high": _finite(v.interval.high) if v else None,
+                "seeds": v.interval.n if v else 0,
+                "n_params": v.n_params if v else (best.user_attrs.get("n_params") if best else None),
+                "tokens_per_s": v.tokens_per_s if v else (best.user_attrs.get("tokens_per_s") if best else None),
+                **({"costs": _family_costs(done, v, names)} if len(names) > 1 else {}),
+            }
+        )
+    out.sort(
+        key=lambda r: (_last_if_none(r["mean"]), _last_if_none(r["best_search_value"]), r["family"], r["baseline"])
+    )
     return out
 
 
@@ -228,8 +270,11 @@ def _family_costs(done: list[FrozenTrial], v: Validated | None, names: Sequence[
     out = {}
     for i, name in enumerate(names[1:], start=1):
         xs = [t.values[i] for t in done]
-        out[name] = {"lowest": min(xs, default=None), "median": statistics.median(xs) if xs else None,
-                     "validated": _interval(v.costs[name]) if v is not None and name in v.costs else None}
+        out[name] = {
+            "lowest": min(xs, default=None),
+            "median": statistics.median(xs) if xs else None,
+            "validated": _interval(v.costs[name]) if v is not None and name in v.costs else None,
+        }
     return out
 
 
@@ -239,9 +284,16 @@ def _interval(iv: Interval) -> dict[str, float | None]:
 
 def _pareto(study: optuna.Study, names: list[str]) -> list[dict[str, Any]]:
     """The trials on the Pareto front (Optuna's study.best_trials), best val_bpc first."""
-    return [{"trial": t.number, "heads": t.user_attrs.get("heads"), "family": t.user_attrs.get("family"),
-             "baseline": t.user_attrs.get("role") == BASELINE, "values": dict(zip(names, t.values))}
-            for t in sorted(study.best_trials, key=lambda t: (t.values[0], t.number))]
+    return [
+        {
+            "trial": t.number,
+            "heads": t.user_attrs.get("heads"),
+            "family": t.user_attrs.get("family"),
+            "baseline": t.user_attrs.get("role") == BASELINE,
+            "values": dict(zip(names, t.values)),
+        }
+        for t in sorted(study.best_trials, key=lambda t: (t.values[0], t.number))
+    ]
 
 
 def _last_if_none(x: float | None) -> tuple[bool, float]:
@@ -250,10 +302,20 @@ def _last_if_none(x: float | None) -> tuple[bool, float]:
 
 def _validated_row(r: Validated, why: list[str]) -> dict[str, Any]:
     return {
-        "source_trial": r.source_trial, "heads": r.heads, "family": r.family, "mixed": r.mixed,
-        "baseline": r.role == BASELINE, "why": why, "mean": r.mean, "low": _finite(r.interval.low),
-        "high": _finite(r.interval.high), "seeds": r.seeds, "values": r.values, "n_params": r.n_params,
-        "tokens_per_s": r.tokens_per_s, "search_value": r.search_value,
+        "source_trial": r.source_trial,
+        "heads": r.heads,
+        "family": r.family,
+        "mixed": r.mixed,
+        "baseline": r.role == BASELINE,
+        "why": why,
+        "mean": r.mean,
+        "low": _finite(r.interval.low),
+        "high": _finite(r.interval.high),
+        "seeds": r.seeds,
+        "values": r.values,
+        "n_params": r.n_params,
+        "tokens_per_s": r.tokens_per_s,
+        "search_value": r.search_value,
         **({"costs": {name: _interval(c) for name, c in r.costs.items()}} if r.costs else {}),
     }
 
@@ -262,15 +324,32 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def verdict(name: str, trials: list[FrozenTrial], validation: optuna.Study | None, rows: list[Validated],
-            *, storage_url: str = DEFAULT_STORAGE) -> dict[str, Any]:
+def verdict(
+    name: str,
+    trials: list[FrozenTrial],
+    validation: optuna.Study | None,
+    rows: list[Validated],
+    *,
+    storage_url: str = DEFAULT_STORAGE,
+) -> dict[str, Any]:
     """Best validated mixed-size configuration against the best validated uniform one, with Welch's interval."""
-    out: dict[str, Any] = {"status": "none", "sentence": "", "mixed": None, "uniform": None, "difference": None,
-                           "low": None, "high": None, "confidence": CONFIDENCE, "speed_ratio": None}
+    out: dict[str, Any] = {
+        "status": "none",
+        "sentence": "",
+        "mixed": None,
+        "uniform": None,
+        "difference": None,
+        "low": None,
+        "high": None,
+        "confidence": CONFIDENCE,
+        "speed_ratio": None,
+    }
     validate = f"python run_search.py validate --study {name}{_storage_flag(storage_url)}"
     if validation is None:
-        out["sentence"] = (f"No verdict: study {name!r} has not been validated yet, so no configuration has been retrained "
-                           f"with fresh seeds; run `{validate}`.")
+        out["sentence"] = (
+            f"No verdict: study {name!r} has not been validated yet, so no configuration has been retrained "
+            f"with fresh seeds; run `{validate}`."
+        )
         return out
     mixed = next((r for r in rows if r.mixed), None)
     uniform = next((r for r in rows if not r.mixed), None)
@@ -281,22 +360,30 @@ def verdict(name: str, trials: list[FrozenTrial], validation: optuna.Study | Non
     out.update(mixed=_side(mixed), uniform=_side(uniform), difference=d.mean, low=_finite(d.low), high=_finite(d.high))
     if mixed.tokens_per_s and uniform.tokens_per_s:
         out["speed_ratio"] = mixed.tokens_per_s / uniform.tokens_per_s
-    pair = (f"{mixed.heads} (trial {mixed.source_trial}, {_bpc(mixed.mean)}) against {uniform.heads} "
-            f"(trial {uniform.source_trial}, {_bpc(uniform.mean)})")
+    pair = (
+        f"{mixed.heads} (trial {mixed.source_trial}, {_bpc(mixed.mean)}) against {uniform.heads} "
+        f"(trial {uniform.source_trial}, {_bpc(uniform.mean)})"
+    )
     seeds = _seed_count(mixed, uniform)
     figures = f"mixed minus uniform is {d.mean:+.{DIGITS}f} bits/char, {CONFIDENCE:.0%} interval {_span(d.low, d.high)}"
     if d.high < 0:
         out["status"] = "mixed"
-        out["sentence"] = (f"Mixed head sizes beat plain multi-head attention at this budget by more than seed noise: "
-                           f"{pair}; {figures}, entirely below 0 with {seeds}.")
+        out["sentence"] = (
+            f"Mixed head sizes beat plain multi-head attention at this budget by more than seed noise: "
+            f"{pair}; {figures}, entirely below 0 with {seeds}."
+        )
     elif d.low > 0:
         out["status"] = "uniform"
-        out["sentence"] = (f"Plain multi-head attention beats mixed head sizes at this budget by more than seed noise: "
-                           f"{pair}; {figures}, entirely above 0 with {seeds}.")
+        out["sentence"] = (
+            f"Plain multi-head attention beats mixed head sizes at this budget by more than seed noise: "
+            f"{pair}; {figures}, entirely above 0 with {seeds}."
+        )
     else:
         out["status"] = "indistinguishable"
-        out["sentence"] = (f"Mixed head sizes and plain multi-head attention are not distinguishable from seed noise at this "
-                           f"budget with {seeds}: {pair}; {figures}, which includes 0. {_more_seeds(d, mixed, uniform, validate)}")
+        out["sentence"] = (
+            f"Mixed head sizes and plain multi-head attention are not distinguishable from seed noise at this "
+            f"budget with {seeds}: {pair}; {figures}, which includes 0. {_more_seeds(d, mixed, uniform, validate)}"
+        )
     if mixed.costs:
         out["costs"], out["cost_sentence"] = _cost_verdict(validation, mixed, uniform)
     return out
@@ -308,24 +395,45 @@ def _cost_verdict(validation: optuna.Study, mixed: Validated, uniform: Validated
     by_number = {t.number: t for t in validation.get_trials(deepcopy=False)}
     figures, sentences = {}, []
     for i, name in enumerate(objective_names(validation)[1:], start=1):
-        d = difference_interval([by_number[n].values[i] for n in mixed.trials], [by_number[n].values[i] for n in uniform.trials])
+        d = difference_interval(
+            [by_number[n].values[i] for n in mixed.trials], [by_number[n].values[i] for n in uniform.trials]
+        )
         status = "mixed" if d.high < 0 else "uniform" if d.low > 0 else "indistinguishable"
-        figures[name] = {"mixed": _interval(mixed.costs[name]), "uniform": _interval(uniform.costs[name]), "difference": d.mean,
-                         "low": _finite(d.low), "high": _finite(d.high), "status": status}
-        tail = {"mixed": f"entirely below 0: the mixed configuration has the lower {name} by more than the spread between measurements",
-                "uniform": f"entirely above 0: the uniform configuration has the lower {name} by more than the spread between measurements",
-                "indistinguishable": f"which includes 0, so these measurements do not tell their {name} apart"}[status]
-        sentences.append(f"On {name} ({COST_MEANING}; measured once per validation seed), the mixed configuration has "
-                         f"{mixed.costs[name].text(COST_DIGITS)} against {uniform.costs[name].text(COST_DIGITS)} for the uniform one: "
-                         f"mixed minus uniform is {d.mean:+.{COST_DIGITS}f}, {CONFIDENCE:.0%} interval "
-                         f"{_span(d.low, d.high, COST_DIGITS)}, {tail}.")
+        figures[name] = {
+            "mixed": _interval(mixed.costs[name]),
+            "uniform": _interval(uniform.costs[name]),
+            "difference": d.mean,
+            "low": _finite(d.low),
+            "high": _finite(d.high),
+            "status": status,
+        }
+        tail = {
+            "mixed": f"entirely below 0: the mixed configuration has the lower {name} by more than the spread between measurements",
+            "uniform": f"entirely above 0: the uniform configuration has the lower {name} by more than the spread between measurements",
+            "indistinguishable": f"which includes 0, so these measurements do not tell their {name} apart",
+        }[status]
+        sentences.append(
+            f"On {name} ({COST_MEANING}; measured once per validation seed), the mixed configuration has "
+            f"{mixed.costs[name].text(COST_DIGITS)} against {uniform.costs[name].text(COST_DIGITS)} for the uniform one: "
+            f"mixed minus uniform is {d.mean:+.{COST_DIGITS}f}, {CONFIDENCE:.0%} interval "
+            f"{_span(d.low, d.high, COST_DIGITS)}, {tail}."
+        )
     return figures, " ".join(sentences)
 
 
 def _side(r: Validated) -> dict[str, Any]:
-    return {"source_trial": r.source_trial, "heads": r.heads, "family": r.family, "baseline": r.role == BASELINE,
-            "mean": r.mean, "low": _finite(r.interval.low), "high": _finite(r.interval.high), "seeds": r.seeds,
-            "values": r.values, "tokens_per_s": r.tokens_per_s}
+    return {
+        "source_trial": r.source_trial,
+        "heads": r.heads,
+        "family": r.family,
+        "baseline": r.role == BASELINE,
+        "mean": r.mean,
+        "low": _finite(r.interval.low),
+        "high": _finite(r.interval.high),
+        "seeds": r.seeds,
+        "values": r.values,
+        "tokens_per_s": r.tokens_per_s,
+    }
 
 
 def _seed_count(a: Validated, b: Validated) -> str:
@@ -344,24 +452,36 @@ def _more_seeds(d, a: Validated, b: Validated, validate: str) -> str:
         return f"Telling them apart would take more seeds: `{validate} --seeds {2 * n}`."
     need = max(n + 1, math.ceil(n * (d.half_width / abs(d.mean)) ** 2))
     if need > MANY_SEEDS:
-        return (f"Telling them apart would take more seeds than is practical: at its present size the difference would need "
-                f"over {MANY_SEEDS} seeds per configuration (the interval narrows about as 1/√seeds), so it is small next to "
-                "the spread between seeds.")
-    return (f"Telling them apart would take more seeds: if the difference held at its present size, about {need} seeds per "
-            f"configuration (the interval narrows about as 1/√seeds): `{validate} --seeds {need}`.")
+        return (
+            f"Telling them apart would take more seeds than is practical: at its present size the difference would need "
+            f"over {MANY_SEEDS} seeds per configuration (the interval narrows about as 1/√seeds), so it is small next to "
+            "the spread between seeds."
+        )
+    return (
+        f"Telling them apart would take more seeds: if the difference held at its present size, about {need} seeds per "
+        f"configuration (the interval narrows about as 1/√seeds): `{validate} --seeds {need}`."
+    )
 
 
 def _one_sided(trials: list[FrozenTrial], rows: list[Validated], *, mixed_missing: bool, validate: str) -> str:
     if not rows:
         return f"No verdict: the validation study holds no COMPLETE trial yet; run `{validate}`."
     kind = "mixed-size" if mixed_missing else "uniform (plain multi-head)"
-    built = sum(mixes_sizes(t.user_attrs["model_config"]) == mixed_missing for t in trials if "model_config" in t.user_attrs)
+    built = sum(
+        mixes_sizes(t.user_attrs["model_config"]) == mixed_missing for t in trials if "model_config" in t.user_attrs
+    )
     if not built:
         families = ", ".join(sorted({t.user_attrs["family"] for t in trials if t.user_attrs.get("family")})) or "none"
-        fix = "add a mixed family (fractal, geometric) to space.families" if mixed_missing else "add uniform to space.families or enable [baselines]"
+        fix = (
+            "add a mixed family (fractal, geometric) to space.families"
+            if mixed_missing
+            else "add uniform to space.families or enable [baselines]"
+        )
         return f"No verdict: the search space has no {kind} configuration to compare (families searched: {families}); {fix}."
-    return (f"No verdict: none of the {built} {kind} configurations the search built was validated; "
-            f"rerun `{validate} --top K` with a larger K.")
+    return (
+        f"No verdict: none of the {built} {kind} configurations the search built was validated; "
+        f"rerun `{validate} --top K` with a larger K."
+    )
 
 
 def _importance_evaluator():
@@ -379,11 +499,19 @@ def _importances(study: optuna.Study, names: Sequence[str]) -> dict[str, Any]:
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     method = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator)"
     if n < MIN_TRIALS_FOR_IMPORTANCE:
-        return {"method": method, "params": {}, "note": f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} "
-                f"COMPLETE trials, and this study has {n}; run more trials."}
+        return {
+            "method": method,
+            "params": {},
+            "note": f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} "
+            f"COMPLETE trials, and this study has {n}; run more trials.",
+        }
     params = _param_importances(study, _objective(names, 0))
     if not params:
-        return {"method": method, "params": {}, "note": "No parameter varied across the COMPLETE trials, so none has an importance."}
+        return {
+            "method": method,
+            "params": {},
+            "note": "No parameter varied across the COMPLETE trials, so none has an importance.",
+        }
     costs = {name: _param_importances(study, _objective(names, i)) for i, name in enumerate(names[1:], start=1)}
     return {"method": method, "params": params, "note": None, **({"costs": costs} if costs else {})}
 
@@ -406,16 +534,21 @@ def _storage_flag(storage_url: str) -> str:
     return "" if storage_url == DEFAULT_STORAGE else f" --storage {shlex.quote(mask_url(storage_url))}"
 
 
-def _commands(study: optuna.Study, validation: optuna.Study | None, setup: dict[str, Any], storage_url: str,
-              out: Path) -> dict[str, str]:
+def _commands(
+    study: optuna.Study, validation: optuna.Study | None, setup: dict[str, Any], storage_url: str, out: Path
+) -> dict[str, str]:
     """The commands behind every figure; a storage URL shows no password."""
     name, flag = study.study_name, _storage_flag(storage_url)
     stored = study.user_attrs.get("study_file", {}).get("data", {}).get("dataset")
     dataset = f" --dataset {shlex.quote(setup['dataset'])}" if setup["dataset"] and setup["dataset"] != stored else ""
     validate = f"python run_search.py validate --study {name}{flag}"
     if validation is not None:
-        tops = [int(m.group(1)) for p in validation.user_attrs.get("selection", []) for w in p.get("why", [])
-                if (m := re.fullmatch(r"top (\d+)(?: \(Pareto front\))?", w))]
+        tops = [
+            int(m.group(1))
+            for p in validation.user_attrs.get("selection", [])
+            for w in p.get("why", [])
+            if (m := re.fullmatch(r"top (\d+)(?: \(Pareto front\))?", w))
+        ]
         seeds = validation.user_attrs.get("seeds", [])
         validate += (f" --top {max(tops)}" if tops else "") + (f" --seeds {len(seeds)}" if seeds else "")
     return {
@@ -442,16 +575,34 @@ def draw_charts(study: optuna.Study, rows: list[Validated], facts: dict[str, Any
     # Optuna draws no best-so-far line for a target function: several objectives have no single best
     best = ", and the best so far" if bpc is None else ""
     charts = [
-        Chart("history", "Optimization history", None, "No COMPLETE trial yet.") if not complete else
-        Chart("history", "Optimization history", _optuna_png(lambda: ovm.plot_optimization_history(study, target=bpc, target_name=target)),
-              f"Final validation bits/char of every COMPLETE search trial{best} (Optuna)."),
-        Chart("intermediate", "Intermediate values", None, "No trial reported an evaluation yet.") if not reported else
-        Chart("intermediate", "Intermediate values", _optuna_png(lambda: _intermediate(ovm, study, unit)),
-              f"Validation bits/char at each evaluation of every search trial, by {unit} (Optuna; pruned trials stop early)."),
-        Chart("importances", "Parameter importances", None, facts["importances"]["note"] or "") if not facts["importances"]["params"] else
-        Chart("importances", "Parameter importances", _optuna_png(lambda: ovm.plot_param_importances(
-            study, evaluator=_importance_evaluator(), target=bpc, target_name=target)),
-            f"{facts['importances']['method']} over the COMPLETE search trials" + (" (for val_bpc)." if bpc else ".")),
+        Chart("history", "Optimization history", None, "No COMPLETE trial yet.")
+        if not complete
+        else Chart(
+            "history",
+            "Optimization history",
+            _optuna_png(lambda: ovm.plot_optimization_history(study, target=bpc, target_name=target)),
+            f"Final validation bits/char of every COMPLETE search trial{best} (Optuna).",
+        ),
+        Chart("intermediate", "Intermediate values", None, "No trial reported an evaluation yet.")
+        if not reported
+        else Chart(
+            "intermediate",
+            "Intermediate values",
+            _optuna_png(lambda: _intermediate(ovm, study, unit)),
+            f"Validation bits/char at each evaluation of every search trial, by {unit} (Optuna; pruned trials stop early).",
+        ),
+        Chart("importances", "Parameter importances", None, facts["importances"]["note"] or "")
+        if not facts["importances"]["params"]
+        else Chart(
+            "importances",
+            "Parameter importances",
+            _optuna_png(
+                lambda: ovm.plot_param_importances(
+                    study, evaluator=_importance_evaluator(), target=bpc, target_name=target
+                )
+            ),
+            f"{facts['importances']['method']} over the COMPLETE search trials" + (" (for val_bpc)." if bpc else "."),
+        ),
     ]
     if len(names) > 1:
         charts.append(_pareto_chart(ovm, study, names, complete))
@@ -460,10 +611,18 @@ def draw_charts(study: optuna.Study, rows: list[Validated], facts: dict[str, Any
         charts += [Chart("validated", "Validated means", None, why), Chart("curves", "Validation curves", None, why)]
     else:
         charts += [
-            Chart("validated", "Validated means", _png(_validated_figure(rows)),
-                  f"Mean final validation bits/char over seeds with its {CONFIDENCE:.0%} t-interval, per retrained configuration."),
-            Chart("curves", "Validation curves", _png(_curves_figure(rows, unit)),
-                  f"Validation bits/char by {unit}, the mean over seeds, per retrained configuration."),
+            Chart(
+                "validated",
+                "Validated means",
+                _png(_validated_figure(rows)),
+                f"Mean final validation bits/char over seeds with its {CONFIDENCE:.0%} t-interval, per retrained configuration.",
+            ),
+            Chart(
+                "curves",
+                "Validation curves",
+                _png(_curves_figure(rows, unit)),
+                f"Validation bits/char by {unit}, the mean over seeds, per retrained configuration.",
+            ),
         ]
     return charts
 
@@ -480,9 +639,13 @@ def _pareto_chart(ovm, study: optuna.Study, names: list[str], complete: int) -> 
         return ax
 
     png = _optuna_png(draw)
-    return Chart("pareto", f"Pareto front ({', '.join(f'{xyz}: {label}' for xyz, label in zip('xyz', axes))})", png,
-                 f"Every COMPLETE search trial by {' and '.join(names)}; the trials on the Pareto front (no other trial is "
-                 "as low on every objective and lower on one) are Optuna's \"Best Trial\".")
+    return Chart(
+        "pareto",
+        f"Pareto front ({', '.join(f'{xyz}: {label}' for xyz, label in zip('xyz', axes))})",
+        png,
+        f"Every COMPLETE search trial by {' and '.join(names)}; the trials on the Pareto front (no other trial is "
+        'as low on every objective and lower on one) are Optuna\'s "Best Trial".',
+    )
 
 
 def _intermediate(ovm, study: optuna.Study, unit: str):
@@ -547,7 +710,9 @@ def _curves_figure(rows: list[Validated], unit: str):
     for r in rows:
         common = sorted(set.intersection(*(set(c) for c in r.curves.values()))) if r.curves else []
         means = [sum(c[s] for c in r.curves.values()) / len(r.curves) for s in common]
-        ax.plot(common, means, marker=".", linestyle="-" if r.mixed else "--", label=f"{_label(r)} ({len(r.curves)} seeds)")
+        ax.plot(
+            common, means, marker=".", linestyle="-" if r.mixed else "--", label=f"{_label(r)} ({len(r.curves)} seeds)"
+        )
     ax.set_xlabel(unit)
     ax.set_ylabel("val_bpc (bits/char), mean over seeds")
     ax.set_title("Validation curves (solid: mixed head sizes, dashed: uniform)")
@@ -569,9 +734,17 @@ def document(facts: dict[str, Any], charts: list[Chart]) -> list[tuple]:
     blocks += [("h2", "Validated configurations")] + _validated_blocks(facts) + [chart["validated"], chart["curves"]]
     if "pareto" in facts:
         blocks += [("h2", "Quality against cost: the Pareto front")] + _pareto_blocks(facts) + [chart["pareto"]]
-    blocks += [("h2", "The search")] + [chart["history"], chart["intermediate"]] + _importance_blocks(facts) + [chart["importances"]]
-    blocks += [("h2", "Reproduce"), ("p", "Every figure above comes from these commands (storage passwords shown as ***):"),
-               ("code", list(facts["commands"].values()))]
+    blocks += (
+        [("h2", "The search")]
+        + [chart["history"], chart["intermediate"]]
+        + _importance_blocks(facts)
+        + [chart["importances"]]
+    )
+    blocks += [
+        ("h2", "Reproduce"),
+        ("p", "Every figure above comes from these commands (storage passwords shown as ***):"),
+        ("code", list(facts["commands"].values())),
+    ]
     return [("chart", b) if isinstance(b, Chart) else b for b in blocks]
 
 
@@ -585,17 +758,47 @@ def _verdict_blocks(v: dict[str, Any]) -> list[tuple]:
     if v["mixed"] is None:
         return blocks
     costs = v.get("costs", {})
-    blocks.append(("table", ["", "configuration", "search trial", _mean_header(costs), *_cost_headers(costs), "seeds", "tokens/s"],
-                   [[side, v[key]["heads"] + (" (baseline)" if v[key]["baseline"] else ""), str(v[key]["source_trial"]),
-                     _pm(v[key]["mean"], v[key]["low"], v[key]["high"]), *(_cost_pm(c[key]) for c in costs.values()),
-                     str(len(v[key]["seeds"])), _speed(v[key]["tokens_per_s"])]
-                    for side, key in (("best mixed", "mixed"), ("best uniform", "uniform"))]
-                   + [["mixed − uniform", "", "", f"{v['difference']:+.{DIGITS}f} ({_span(v['low'], v['high'])})",
-                       *(f"{c['difference']:+.{COST_DIGITS}f} ({_span(c['low'], c['high'], COST_DIGITS)})" for c in costs.values()), "", ""]]))
+    blocks.append(
+        (
+            "table",
+            ["", "configuration", "search trial", _mean_header(costs), *_cost_headers(costs), "seeds", "tokens/s"],
+            [
+                [
+                    side,
+                    v[key]["heads"] + (" (baseline)" if v[key]["baseline"] else ""),
+                    str(v[key]["source_trial"]),
+                    _pm(v[key]["mean"], v[key]["low"], v[key]["high"]),
+                    *(_cost_pm(c[key]) for c in costs.values()),
+                    str(len(v[key]["seeds"])),
+                    _speed(v[key]["tokens_per_s"]),
+                ]
+                for side, key in (("best mixed", "mixed"), ("best uniform", "uniform"))
+            ]
+            + [
+                [
+                    "mixed − uniform",
+                    "",
+                    "",
+                    f"{v['difference']:+.{DIGITS}f} ({_span(v['low'], v['high'])})",
+                    *(
+                        f"{c['difference']:+.{COST_DIGITS}f} ({_span(c['low'], c['high'], COST_DIGITS)})"
+                        for c in costs.values()
+                    ),
+                    "",
+                    "",
+                ]
+            ],
+        )
+    )
     if v["speed_ratio"]:
-        blocks.append(("p", f"Speed: the mixed configuration trains at {_speed(v['mixed']['tokens_per_s'])} tokens/s, the uniform one "
-                            f"at {_speed(v['uniform']['tokens_per_s'])} tokens/s: a ratio of {v['speed_ratio']:.3f} (mixed / uniform, "
-                            "means over the validation trials)."))
+        blocks.append(
+            (
+                "p",
+                f"Speed: the mixed configuration trains at {_speed(v['mixed']['tokens_per_s'])} tokens/s, the uniform one "
+                f"at {_speed(v['uniform']['tokens_per_s'])} tokens/s: a ratio of {v['speed_ratio']:.3f} (mixed / uniform, "
+                "means over the validation trials).",
+            )
+        )
     return blocks
 
 
@@ -616,55 +819,133 @@ def _pareto_blocks(facts: dict[str, Any]) -> list[tuple]:
     names, front = facts["objectives"], facts["pareto"]
     if not front:
         return [("p", "No COMPLETE search trial yet, so no Pareto front.")]
-    return [("p", f"{len(front)} of the {facts['trials']['search']['COMPLETE']} COMPLETE search trials are on the Pareto front of "
-                  f"{', '.join(names)}: no other trial is as low on every objective and lower on one. A cost ({COST_MEANING}) was "
-                  "measured once, after the trial's training. Best val_bpc first."),
-            ("table", ["search trial", "heads", "family", *names],
-             [[str(p["trial"]), (p["heads"] or "") + (" (baseline)" if p["baseline"] else ""), p["family"] or "",
-               _bpc(p["values"][names[0]]), *(f"{p['values'][c]:.{COST_DIGITS}f}" for c in names[1:])] for p in front])]
+    return [
+        (
+            "p",
+            f"{len(front)} of the {facts['trials']['search']['COMPLETE']} COMPLETE search trials are on the Pareto front of "
+            f"{', '.join(names)}: no other trial is as low on every objective and lower on one. A cost ({COST_MEANING}) was "
+            "measured once, after the trial's training. Best val_bpc first.",
+        ),
+        (
+            "table",
+            ["search trial", "heads", "family", *names],
+            [
+                [
+                    str(p["trial"]),
+                    (p["heads"] or "") + (" (baseline)" if p["baseline"] else ""),
+                    p["family"] or "",
+                    _bpc(p["values"][names[0]]),
+                    *(f"{p['values'][c]:.{COST_DIGITS}f}" for c in names[1:]),
+                ]
+                for p in front
+            ],
+        ),
+    ]
 
 
 def _study_blocks(facts: dict[str, Any]) -> list[tuple]:
     s, t = facts["setup"], facts["trials"]
     vocab = ", ".join(f"{k}: {v}" for k, v in s["vocab_sizes"].items())
-    data = (f"Data: `{s['dataset']}`, training slice {_opt(s['max_train_stories'], 'stories')}"
-            + (f", at most {s['max_train_tokens']:,} tokens" if s["max_train_tokens"] else "")
-            + f", validation {_opt(s['max_val_stories'], 'stories')}; tokenizer {s['tokenizer_vocab'] or 'char'}"
-            + (f" (vocabulary {vocab})" if vocab else "") + ".")
-    budget = (f"Budget: {s['budget_params']:,} parameters ± {s['budget_tolerance']:.0%}" if s["budget_params"] else "Budget: not recorded")
+    data = (
+        f"Data: `{s['dataset']}`, training slice {_opt(s['max_train_stories'], 'stories')}"
+        + (f", at most {s['max_train_tokens']:,} tokens" if s["max_train_tokens"] else "")
+        + f", validation {_opt(s['max_val_stories'], 'stories')}; tokenizer {s['tokenizer_vocab'] or 'char'}"
+        + (f" (vocabulary {vocab})" if vocab else "")
+        + "."
+    )
+    budget = (
+        f"Budget: {s['budget_params']:,} parameters ± {s['budget_tolerance']:.0%}"
+        if s["budget_params"]
+        else "Budget: not recorded"
+    )
     per_trial = f"{s['per_trial']:,} {s['step_unit']}" if s["per_trial"] else f"not recorded ({s['step_unit']})"
     families = f"; head families searched: {', '.join(s['families'])}" if s["families"] else ""
-    blocks = [("p", data), ("p", f"{budget}; each search trial trains for {per_trial}{families}."),
-              ("table", ["study", "trials", *(x for x in STATES if _any_state(facts, x))],
-               [[name, str(c["total"]), *(str(c[x]) for x in STATES if _any_state(facts, x))]
-                for name, c in ((facts["study"], t["search"]), (facts["validation_study"], t["validation"])) if c is not None])]
+    blocks = [
+        ("p", data),
+        ("p", f"{budget}; each search trial trains for {per_trial}{families}."),
+        (
+            "table",
+            ["study", "trials", *(x for x in STATES if _any_state(facts, x))],
+            [
+                [name, str(c["total"]), *(str(c[x]) for x in STATES if _any_state(facts, x))]
+                for name, c in ((facts["study"], t["search"]), (facts["validation_study"], t["validation"]))
+                if c is not None
+            ],
+        ),
+    ]
     if facts["prune_kinds"]:
         blocks.append(("p", "Pruned, by kind: " + ", ".join(f"{k} {n}" for k, n in facts["prune_kinds"].items()) + "."))
-    blocks.append(("p", "Compute spent (sum of trial durations, both studies, by the trial's device; CPU also in core-hours = duration × threads):"))
-    blocks.append(("table", ["device", "trials", "search", "validation", "total", "core-hours"],
-                   [[_device(k), str(d["trials"]), _hours(d["search_hours"]), _hours(d["validation_hours"]), _hours(d["hours"]),
-                     "—" if d["core_hours"] is None else f"{d['core_hours']:.3g}" + (f" ({d['no_threads']} trials without a thread count left out)" if d["no_threads"] else "")]
-                    for k, d in facts["compute"].items()]))
+    blocks.append(
+        (
+            "p",
+            "Compute spent (sum of trial durations, both studies, by the trial's device; CPU also in core-hours = duration × threads):",
+        )
+    )
+    blocks.append(
+        (
+            "table",
+            ["device", "trials", "search", "validation", "total", "core-hours"],
+            [
+                [
+                    _device(k),
+                    str(d["trials"]),
+                    _hours(d["search_hours"]),
+                    _hours(d["validation_hours"]),
+                    _hours(d["hours"]),
+                    "—"
+                    if d["core_hours"] is None
+                    else f"{d['core_hours']:.3g}"
+                    + (f" ({d['no_threads']} trials without a thread count left out)" if d["no_threads"] else ""),
+                ]
+                for k, d in facts["compute"].items()
+            ],
+        )
+    )
     return blocks + _memory_blocks(facts["memory"])
 
 
 def _memory_blocks(m: dict[str, Any]) -> list[tuple]:
     blocks = []
     if m["pruned"]:
-        blocks.append(("p", f"Memory-pruned trials ({len(m['pruned'])}); a trial pruned on its forecast was never allocated, "
-                            "so it has no measured peak:"))
-        blocks.append(("table", ["trial", "kind", "heads", "forecast MiB", "measured MiB"],
-                       [[str(p["trial"]), p["kind"], p["heads"] or "", _mib(p["forecast_mib"]),
-                         "never allocated" if p["never_allocated"] else _mib(p["measured_mib"])] for p in m["pruned"]]))
+        blocks.append(
+            (
+                "p",
+                f"Memory-pruned trials ({len(m['pruned'])}); a trial pruned on its forecast was never allocated, "
+                "so it has no measured peak:",
+            )
+        )
+        blocks.append(
+            (
+                "table",
+                ["trial", "kind", "heads", "forecast MiB", "measured MiB"],
+                [
+                    [
+                        str(p["trial"]),
+                        p["kind"],
+                        p["heads"] or "",
+                        _mib(p["forecast_mib"]),
+                        "never allocated" if p["never_allocated"] else _mib(p["measured_mib"]),
+                    ]
+                    for p in m["pruned"]
+                ],
+            )
+        )
     else:
         blocks.append(("p", "No trial was pruned for memory."))
     if m["compared"]:
+
         def one(p):
             return f"{p['error']:+.1%} (trial {p['trial']}: forecast {p['forecast_mib']:.1f} MiB, measured {p['measured_mib']:.1f} MiB)"
+
         over = one(m["worst_over"]) if m["worst_over"] else "none (no forecast above its measurement)"
         under = one(m["worst_under"]) if m["worst_under"] else "none (no measurement above its forecast)"
-        blocks.append(("p", f"Forecast against measured peak memory over {m['compared']} COMPLETE trials: worst over-forecast "
-                            f"{over}; worst under-forecast {under}."))
+        blocks.append(
+            (
+                "p",
+                f"Forecast against measured peak memory over {m['compared']} COMPLETE trials: worst over-forecast "
+                f"{over}; worst under-forecast {under}.",
+            )
+        )
     return blocks
 
 
@@ -672,26 +953,62 @@ def _family_blocks(facts: dict[str, Any]) -> list[tuple]:
     rows, costs = facts["families"], _costs(facts)
     if not rows:
         return [("p", "No search trial has a head family yet.")]
-    return [("p", f"One row per head family of the search trials, baselines apart. Validated: the family's best retrained "
-                  f"configuration, mean over seeds ± its {CONFIDENCE:.0%} t-interval; parameters and tokens/s are that "
-                  "configuration's (else the best search trial's)."
-                  + (f" A cost ({COST_MEANING}): the lowest and the median over the family's COMPLETE search trials, and "
-                     "the validated configuration's mean over seeds." if costs else "")),
-            ("table", ["family", "trials (complete)", "best search val_bpc", "validated configuration", "validated " + _mean_header(costs),
-                       *(h for c in costs for h in (f"search {c}: lowest, median", f"validated {c} mean ± {CONFIDENCE:.0%}")),
-                       "seeds", "parameters", "tokens/s"],
-             [[r["family"] + (" (baseline)" if r["baseline"] else ""), f"{r['trials']} ({r['complete']})",
-               f"{_bpc(r['best_search_value'])} (trial {r['best_search_trial']})" if r["best_search_value"] is not None else "—",
-               f"{r['heads']} (trial {r['validated_trial']})" if r["validated_trial"] is not None else "not validated",
-               _pm(r["mean"], r["low"], r["high"]) if r["mean"] is not None else "—", *_family_cost_cells(r, costs), str(r["seeds"]),
-               f"{r['n_params']:,}" if r["n_params"] else "—", _speed(r["tokens_per_s"])] for r in rows])]
+    return [
+        (
+            "p",
+            f"One row per head family of the search trials, baselines apart. Validated: the family's best retrained "
+            f"configuration, mean over seeds ± its {CONFIDENCE:.0%} t-interval; parameters and tokens/s are that "
+            "configuration's (else the best search trial's)."
+            + (
+                f" A cost ({COST_MEANING}): the lowest and the median over the family's COMPLETE search trials, and "
+                "the validated configuration's mean over seeds."
+                if costs
+                else ""
+            ),
+        ),
+        (
+            "table",
+            [
+                "family",
+                "trials (complete)",
+                "best search val_bpc",
+                "validated configuration",
+                "validated " + _mean_header(costs),
+                *(h for c in costs for h in (f"search {c}: lowest, median", f"validated {c} mean ± {CONFIDENCE:.0%}")),
+                "seeds",
+                "parameters",
+                "tokens/s",
+            ],
+            [
+                [
+                    r["family"] + (" (baseline)" if r["baseline"] else ""),
+                    f"{r['trials']} ({r['complete']})",
+                    f"{_bpc(r['best_search_value'])} (trial {r['best_search_trial']})"
+                    if r["best_search_value"] is not None
+                    else "—",
+                    f"{r['heads']} (trial {r['validated_trial']})"
+                    if r["validated_trial"] is not None
+                    else "not validated",
+                    _pm(r["mean"], r["low"], r["high"]) if r["mean"] is not None else "—",
+                    *_family_cost_cells(r, costs),
+                    str(r["seeds"]),
+                    f"{r['n_params']:,}" if r["n_params"] else "—",
+                    _speed(r["tokens_per_s"]),
+                ]
+                for r in rows
+            ],
+        ),
+    ]
 
 
 def _family_cost_cells(row: dict[str, Any], costs: list[str]) -> list[str]:
     cells = []
     for name in costs:
         c = row["costs"][name]
-        cells += ["—" if c["lowest"] is None else f"{c['lowest']:.{COST_DIGITS}f}, {c['median']:.{COST_DIGITS}f}", _cost_pm(c["validated"])]
+        cells += [
+            "—" if c["lowest"] is None else f"{c['lowest']:.{COST_DIGITS}f}, {c['median']:.{COST_DIGITS}f}",
+            _cost_pm(c["validated"]),
+        ]
     return cells
 
 
@@ -703,17 +1020,54 @@ def _costs(facts: dict[str, Any]) -> list[str]:
 def _validated_blocks(facts: dict[str, Any]) -> list[tuple]:
     rows = facts["validated"]
     if not rows:
-        return [("p", "Not validated yet (see the verdict)." if facts["validation_study"] is None else
-                 "No configuration has a COMPLETE validation trial yet.")]
+        return [
+            (
+                "p",
+                "Not validated yet (see the verdict)."
+                if facts["validation_study"] is None
+                else "No configuration has a COMPLETE validation trial yet.",
+            )
+        ]
     seeds, costs = ", ".join(str(x) for x in facts["seeds"]), _costs(facts)
-    return [("p", f"Each configuration retrained from scratch with fresh seeds ({seeds}) in study `{facts['validation_study']}`; "
-                  "best validated mean first." + (f" Costs ({COST_MEANING}) are means over the same seeds." if costs else "")),
-            ("table", ["search trial", "heads", "family", "mixed sizes", "why", "search val_bpc", _mean_header(costs), *_cost_headers(costs),
-                       "seeds", "parameters", "tokens/s"],
-             [[str(r["source_trial"]), r["heads"] + (" (baseline)" if r["baseline"] else ""), r["family"], "yes" if r["mixed"] else "no",
-               ", ".join(r["why"]), _bpc(r["search_value"]), _pm(r["mean"], r["low"], r["high"]),
-               *(_cost_pm(r.get("costs", {}).get(c)) for c in costs), str(len(r["seeds"])),
-               f"{r['n_params']:,}", _speed(r["tokens_per_s"])] for r in rows])]
+    return [
+        (
+            "p",
+            f"Each configuration retrained from scratch with fresh seeds ({seeds}) in study `{facts['validation_study']}`; "
+            "best validated mean first." + (f" Costs ({COST_MEANING}) are means over the same seeds." if costs else ""),
+        ),
+        (
+            "table",
+            [
+                "search trial",
+                "heads",
+                "family",
+                "mixed sizes",
+                "why",
+                "search val_bpc",
+                _mean_header(costs),
+                *_cost_headers(costs),
+                "seeds",
+                "parameters",
+                "tokens/s",
+            ],
+            [
+                [
+                    str(r["source_trial"]),
+                    r["heads"] + (" (baseline)" if r["baseline"] else ""),
+                    r["family"],
+                    "yes" if r["mixed"] else "no",
+                    ", ".join(r["why"]),
+                    _bpc(r["search_value"]),
+                    _pm(r["mean"], r["low"], r["high"]),
+                    *(_cost_pm(r.get("costs", {}).get(c)) for c in costs),
+                    str(len(r["seeds"])),
+                    f"{r['n_params']:,}",
+                    _speed(r["tokens_per_s"]),
+                ]
+                for r in rows
+            ],
+        ),
+    ]
 
 
 def _importance_blocks(facts: dict[str, Any]) -> list[tuple]:
@@ -722,11 +1076,19 @@ def _importance_blocks(facts: dict[str, Any]) -> list[tuple]:
         return [("p", f"Parameter importances: {imp['note']}")]
     listed = lambda params: ", ".join(f"{k} {v:.3f}" for k, v in params.items()) or "none varied"  # noqa: E731
     if "costs" not in imp:
-        return [("p", f"Parameter importances ({imp['method']}, over the COMPLETE search trials): {listed(imp['params'])}.")]
+        return [
+            ("p", f"Parameter importances ({imp['method']}, over the COMPLETE search trials): {listed(imp['params'])}.")
+        ]
     # one objective at a time: which parameters reach the lowest 10% of val_bpc, and of each cost
     per = {"val_bpc": imp["params"], **imp["costs"]}
-    return [("p", f"Parameter importances ({imp['method']}, over the COMPLETE search trials, one objective at a time): "
-                  + "; ".join(f"for {name}, {listed(params)}" for name, params in per.items()) + ".")]
+    return [
+        (
+            "p",
+            f"Parameter importances ({imp['method']}, over the COMPLETE search trials, one objective at a time): "
+            + "; ".join(f"for {name}, {listed(params)}" for name, params in per.items())
+            + ".",
+        )
+    ]
 
 
 def _any_state(facts: dict[str, Any], state: str) -> bool:
@@ -805,14 +1167,20 @@ def render_html(facts: dict[str, Any], blocks: list[tuple]) -> str:
                 parts.append(f"<h3>{html.escape(c.title)}</h3><p>{_inline(c.note)}</p>")
             else:
                 src = "data:image/png;base64," + base64.b64encode(c.png).decode("ascii")
-                parts.append(f'<figure id="chart-{c.key}"><img src="{src}" alt="{html.escape(c.title)}">'
-                             f"<figcaption>{_inline(c.note)}</figcaption></figure>")
+                parts.append(
+                    f'<figure id="chart-{c.key}"><img src="{src}" alt="{html.escape(c.title)}">'
+                    f"<figcaption>{_inline(c.note)}</figcaption></figure>"
+                )
         elif kind == "code":
             parts.append("<pre><code>" + "\n".join(html.escape(line) for line in b[1]) + "</code></pre>")
     title = html.escape(f"Study {facts['study']}: report")
     # the empty data: icon keeps the browser from asking for /favicon.ico (a console error offline)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
-            f'<link rel="icon" href="data:,">\n<style>{CSS}</style>\n</head>\n<body>\n' + "\n".join(parts) + "\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+        f'<link rel="icon" href="data:,">\n<style>{CSS}</style>\n</head>\n<body>\n'
+        + "\n".join(parts)
+        + "\n</body>\n</html>\n"
+    )
 
 
 def _inline(text: str) -> str:
@@ -841,4 +1209,14 @@ def render_markdown(blocks: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["write_report", "Report", "gather", "family_rows", "verdict", "draw_charts", "document", "render_html", "render_markdown"]
+__all__ = [
+    "write_report",
+    "Report",
+    "gather",
+    "family_rows",
+    "verdict",
+    "draw_charts",
+    "document",
+    "render_html",
+    "render_markdown",
+]

@@ -1,6 +1,7 @@
 """Running a study: data and limits resolved once, the study created or resumed, trials until the
 study holds `n_trials` finished trials (COMPLETE + PRUNED), a progress bar, clean interrupts.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,7 +63,11 @@ class RunSummary:
 
     def line(self) -> str:
         counts = ", ".join(f"{n} {s.lower()}" for s, n in self.counts.items() if n)
-        best = f"best val_bpc {self.best_value:.4f} (trial {self.best_number})" if self.best_value is not None else "no complete trial yet"
+        best = (
+            f"best val_bpc {self.best_value:.4f} (trial {self.best_number})"
+            if self.best_value is not None
+            else "no complete trial yet"
+        )
         if self.pareto is not None:
             best += f"; {self.pareto} trials on the Pareto front"
         return f"study {self.study_name!r}: {counts}; {best}; {self.new_trials} new trials in {self.wall_s:.0f} s"
@@ -123,24 +128,43 @@ def prepare(config: StudyConfig, *, workers: int = 1, cache_dir: str | Path | No
             )
     pruner = MemoryAwarePruner(
         make_loss_pruner(p, max_steps=config.max_resource, eval_interval=config.eval_every),
-        memory_limit=memory_limit, kind=p.pruner, memory_name="RAM" if device == "cpu" else "GPU memory",
+        memory_limit=memory_limit,
+        kind=p.pruner,
+        memory_name="RAM" if device == "cpu" else "GPU memory",
         step_unit=config.step_unit,
     )
     return Prepared(config, space, vocab_sizes, device, ram_limit, gpu_limit, baseline, pruner, cache)
 
 
-def run_study(config: StudyConfig, *, artifacts: str | Path | None = None, progress: bool = True,
-              workers: int = 1, threads: int | None = None, cache_dir: str | Path | None = None,
-              log=None) -> RunSummary:
+def run_study(
+    config: StudyConfig,
+    *,
+    artifacts: str | Path | None = None,
+    progress: bool = True,
+    workers: int = 1,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    log=None,
+) -> RunSummary:
     """Run (or resume) the study until it holds config.n_trials finished trials or config.timeout_s passes."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     # first, so the run's first line says how many threads it got and why
     with _quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=log) as cores:
-        return _run_study(config, artifacts=artifacts, progress=progress, workers=workers, threads=threads,
-                          cache_dir=cache_dir, log=log, cores=cores)
+        return _run_study(
+            config,
+            artifacts=artifacts,
+            progress=progress,
+            workers=workers,
+            threads=threads,
+            cache_dir=cache_dir,
+            log=log,
+            cores=cores,
+        )
 
 
-def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, cache_dir, log, cores: CoreShare) -> RunSummary:
+def _run_study(
+    config: StudyConfig, *, artifacts, progress, workers, threads, cache_dir, log, cores: CoreShare
+) -> RunSummary:
     t_start = time.perf_counter()
     storage, prep = open_run(config, workers=workers, cache_dir=cache_dir)
     t_prepared = time.perf_counter()
@@ -153,14 +177,29 @@ def _run_study(config: StudyConfig, *, artifacts, progress, workers, threads, ca
     total = config.n_trials
     log(
         f"study {config.name!r} in {mask_url(config.storage)}: {finished} finished trials"
-        + (f" of {total}" if total else "") + f"; device {prep.device}, {prep.pruner.memory_name} limit "
+        + (f" of {total}" if total else "")
+        + f"; device {prep.device}, {prep.pruner.memory_name} limit "
         f"{fmt_bytes(prep.pruner.memory_limit) if prep.pruner.memory_limit else 'none'}, budget {config.band[0]:,}..{config.band[1]:,} params, "
-        + (f"{config.tokens:,} tokens per trial" if config.tokens else f"{config.train_config().max_steps:,} steps per trial")
+        + (
+            f"{config.tokens:,} tokens per trial"
+            if config.tokens
+            else f"{config.train_config().max_steps:,} steps per trial"
+        )
     )
     bars = _Bars(config.name, total, finished, enabled=progress, log=log)
     objective = Objective(config, prep.space, prep.pruner, settings, progress=bars)
-    return drive(study, storage, objective, bars, total=total, timeout_s=config.timeout_s, log=log, t_start=t_start,
-                 timings={"prepare_s": t_prepared - t_start}, cores=cores)
+    return drive(
+        study,
+        storage,
+        objective,
+        bars,
+        total=total,
+        timeout_s=config.timeout_s,
+        log=log,
+        t_start=t_start,
+        timings={"prepare_s": t_prepared - t_start},
+        cores=cores,
+    )
 
 
 def open_run(config: StudyConfig, *, workers: int, cache_dir) -> tuple[RDBStorage, Prepared]:
@@ -168,7 +207,9 @@ def open_run(config: StudyConfig, *, workers: int, cache_dir) -> tuple[RDBStorag
     the forkserver, whose imports overlap the data and baseline work of `prepare`."""
     from search._objective import start_forkserver
 
-    storage = make_storage(config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s)
+    storage = make_storage(
+        config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s
+    )
     start_forkserver()
     return storage, prepare(config, workers=workers, cache_dir=cache_dir)
 
@@ -177,8 +218,12 @@ def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, pa
     """The search study, created or resumed, with the study file and note stored; a new one gets its baselines."""
     with _quiet_optuna():
         study = optuna.create_study(
-            study_name=config.name, storage=storage, sampler=prep.space.make_sampler(parallel=parallel),
-            pruner=prep.pruner, directions=["minimize"] * len(config.objectives), load_if_exists=True,
+            study_name=config.name,
+            storage=storage,
+            sampler=prep.space.make_sampler(parallel=parallel),
+            pruner=prep.pruner,
+            directions=["minimize"] * len(config.objectives),
+            load_if_exists=True,
         )
     check_objectives(study, config)
     name_objective(study, config.objectives)
@@ -189,8 +234,16 @@ def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, pa
     study.set_user_attr("step_unit", config.step_unit)
     if config.source.endswith(".toml"):
         study.set_user_attr("study_path", config.source)  # for the report's reproduce commands
-    save_study_note(study, study_note(config, vocab_sizes=prep.vocab_sizes, memory_limit=prep.pruner.memory_limit,
-                                      memory_name=prep.pruner.memory_name, storage_url=config.storage))
+    save_study_note(
+        study,
+        study_note(
+            config,
+            vocab_sizes=prep.vocab_sizes,
+            memory_limit=prep.pruner.memory_limit,
+            memory_name=prep.pruner.memory_name,
+            storage_url=config.storage,
+        ),
+    )
     if fresh:
         # first in the queue, so every study holds the plain multi-head answer at its budget
         baselines = prep.space.baselines()
@@ -199,7 +252,9 @@ def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, pa
         if baselines:
             log(f"baselines: {len(baselines)} plain multi-head configurations enqueued first (role = baseline)")
         elif config.baselines.enabled:
-            log("baselines: none (the space has no uniform heads; list some in [baselines] params or add 'uniform' to space.families)")
+            log(
+                "baselines: none (the space has no uniform heads; list some in [baselines] params or add 'uniform' to space.families)"
+            )
     return study
 
 
@@ -224,9 +279,13 @@ def check_objectives(study: optuna.Study, config: StudyConfig) -> None:
         # just created (named next), or a study from before objectives were named, which minimized val_bpc alone
         fresh = n == len(config.objectives) and not study.get_trials(deepcopy=False)
         held = list(config.objectives) if fresh else ["val_bpc"] if n == 1 else [f"objective {i}" for i in range(n)]
-    if any(d != optuna.study.StudyDirection.MINIMIZE for d in study.directions) or list(held) != list(config.objectives):
-        raise ConfigError(f"study {study.study_name!r} in {mask_url(config.storage)} minimizes {held}, but study.objectives is "
-                          f"{list(config.objectives)}; pick another study.name, or run it with the study file it was made with.")
+    if any(d != optuna.study.StudyDirection.MINIMIZE for d in study.directions) or list(held) != list(
+        config.objectives
+    ):
+        raise ConfigError(
+            f"study {study.study_name!r} in {mask_url(config.storage)} minimizes {held}, but study.objectives is "
+            f"{list(config.objectives)}; pick another study.name, or run it with the study file it was made with."
+        )
 
 
 def name_objective(study: optuna.Study, names: tuple[str, ...] | list[str] = ("val_bpc",)) -> None:
@@ -236,21 +295,39 @@ def name_objective(study: optuna.Study, names: tuple[str, ...] | list[str] = ("v
         study.set_metric_names(list(names))
 
 
-def trial_settings(config: StudyConfig, prep: Prepared, *, artifacts, workers: int, threads: int | None) -> TrialSettings:
+def trial_settings(
+    config: StudyConfig, prep: Prepared, *, artifacts, workers: int, threads: int | None
+) -> TrialSettings:
     folder = Path(artifacts) if artifacts is not None else default_artifacts_dir(config.storage)
     store = artifact_store(folder)
     scratch = folder.parent / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     return TrialSettings(
-        cache_dir=prep.cache_dir, threads=worker_threads(threads or config.threads, workers), device=prep.device,
-        ram_limit=prep.ram_limit, gpu_limit=prep.gpu_limit, baseline_bytes=prep.baseline_bytes,
-        artifacts=store, scratch=scratch, watch_interval_s=config.pruning.watch_interval_s,
+        cache_dir=prep.cache_dir,
+        threads=worker_threads(threads or config.threads, workers),
+        device=prep.device,
+        ram_limit=prep.ram_limit,
+        gpu_limit=prep.gpu_limit,
+        baseline_bytes=prep.baseline_bytes,
+        artifacts=store,
+        scratch=scratch,
+        watch_interval_s=config.pruning.watch_interval_s,
     )
 
 
-def drive(study: optuna.Study, storage: RDBStorage, objective: Objective, bars: _Bars, *, total: int | None,
-          timeout_s: float | None, log, t_start: float, timings: dict[str, float] | None = None,
-          cores: CoreShare | None = None) -> RunSummary:
+def drive(
+    study: optuna.Study,
+    storage: RDBStorage,
+    objective: Objective,
+    bars: _Bars,
+    *,
+    total: int | None,
+    timeout_s: float | None,
+    log,
+    t_start: float,
+    timings: dict[str, float] | None = None,
+    cores: CoreShare | None = None,
+) -> RunSummary:
     """Trials until the study holds `total` finished trials (or `timeout_s` passes), closing cleanly on a signal."""
     fails = _FailGuard()
     started_before = _started(study)
@@ -294,9 +371,18 @@ def drive(study: optuna.Study, storage: RDBStorage, objective: Objective, bars: 
     counts = Counter(t.state.name for t in trials)
     best = _best(study)
     return RunSummary(
-        study.study_name, mask_url(storage.url), {s.name: counts.get(s.name, 0) for s in TrialState},
-        best.values[0] if best else None, best.number if best else None, time.perf_counter() - t_start,
-        _started(study) - started_before, interrupted, objective.overhead_s, objective.train_s, timings, _pareto(study),
+        study.study_name,
+        mask_url(storage.url),
+        {s.name: counts.get(s.name, 0) for s in TrialState},
+        best.values[0] if best else None,
+        best.number if best else None,
+        time.perf_counter() - t_start,
+        _started(study) - started_before,
+        interrupted,
+        objective.overhead_s,
+        objective.train_s,
+        timings,
+        _pareto(study),
     )
 
 
@@ -320,9 +406,16 @@ def summarize(storage_url: str, name: str, *, before: int = 0, wall_s: float = 0
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
     best = _best(study)
-    return RunSummary(name, mask_url(storage_url), {s.name: counts.get(s.name, 0) for s in TrialState},
-                      best.values[0] if best else None, best.number if best else None, wall_s, _started(study) - before,
-                      pareto=_pareto(study))
+    return RunSummary(
+        name,
+        mask_url(storage_url),
+        {s.name: counts.get(s.name, 0) for s in TrialState},
+        best.values[0] if best else None,
+        best.number if best else None,
+        wall_s,
+        _started(study) - before,
+        pareto=_pareto(study),
+    )
 
 
 def _masked_raw(config: StudyConfig) -> dict:
@@ -382,8 +475,10 @@ class _FailGuard:
             return
         self.in_a_row += 1
         if self.in_a_row >= MAX_FAILS_IN_A_ROW:
-            self.message = (f"{self.in_a_row} trials in a row failed, the last one because: "
-                            f"{trial.user_attrs.get('fail_reason', 'unknown')}; fix that and rerun to resume.")
+            self.message = (
+                f"{self.in_a_row} trials in a row failed, the last one because: "
+                f"{trial.user_attrs.get('fail_reason', 'unknown')}; fix that and rerun to resume."
+            )
             study.stop()
 
 
@@ -397,8 +492,12 @@ class _Bars:
         if enabled:
             from tqdm import tqdm
 
-            self.trials = tqdm(total=total, initial=initial, desc=name, unit="trial", position=0, dynamic_ncols=True, file=sys.stderr)
-            self.steps = tqdm(total=1, desc="trial", unit="step", position=1, leave=False, dynamic_ncols=True, file=sys.stderr)
+            self.trials = tqdm(
+                total=total, initial=initial, desc=name, unit="trial", position=0, dynamic_ncols=True, file=sys.stderr
+            )
+            self.steps = tqdm(
+                total=1, desc="trial", unit="step", position=1, leave=False, dynamic_ncols=True, file=sys.stderr
+            )
 
     def trial_started(self, number: int, steps: int, label: str) -> None:
         if self.steps is not None:
@@ -412,7 +511,11 @@ class _Bars:
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         a = trial.user_attrs
-        what = objective_text(study, trial) if trial.state == TrialState.COMPLETE else a.get("prune_reason") or a.get("fail_reason", "")
+        what = (
+            objective_text(study, trial)
+            if trial.state == TrialState.COMPLETE
+            else a.get("prune_reason") or a.get("fail_reason", "")
+        )
         desc = f"{a['heads']} ({a['n_params']:,} params)" if "heads" in a else ""
         if "source_trial" in a:
             desc += f", trial {a['source_trial']} seed {a['seed']}"
@@ -491,7 +594,9 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device is 'cuda' but no CUDA device is available; set training.device = \"cpu\" or \"auto\".")
+        raise ConfigError(
+            'training.device is \'cuda\' but no CUDA device is available; set training.device = "cpu" or "auto".'
+        )
     return device
 
 
@@ -520,7 +625,9 @@ def _trial_baseline(config: StudyConfig, cache: Path, workers: int) -> int:
 
     start_forkserver()  # no-op when running; else started with the trials' preload, as they would start it
     preload = [config.train_config(tokenizer_vocab=v).to_dict() for v in config.vocab_choices]
-    return trial_baseline_bytes({"cache_dir": str(cache), "threads": worker_threads(config.threads, workers), "preload": preload})
+    return trial_baseline_bytes(
+        {"cache_dir": str(cache), "threads": worker_threads(config.threads, workers), "preload": preload}
+    )
 
 
 def _smallest_forecast(space: SearchSpace, device: str, baseline: int | None, estimate) -> int | None:
@@ -536,4 +643,19 @@ def _smallest_forecast(space: SearchSpace, device: str, baseline: int | None, es
     return best
 
 
-__all__ = ["run_study", "prepare", "check_vocab_sizes", "check_objectives", "objective_text", "count_trials", "summarize", "open_run", "search_study", "trial_settings", "drive", "RunSummary", "Prepared", "Interrupted"]
+__all__ = [
+    "run_study",
+    "prepare",
+    "check_vocab_sizes",
+    "check_objectives",
+    "objective_text",
+    "count_trials",
+    "summarize",
+    "open_run",
+    "search_study",
+    "trial_settings",
+    "drive",
+    "RunSummary",
+    "Prepared",
+    "Interrupted",
+]

@@ -8,6 +8,7 @@ params through `SpaceSampler`, so the stored trial says what was actually built 
 it. A point is wasted only when no depth in range admits a width in the band; `infeasible_share`
 measures how often that happens before a study starts.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -57,7 +58,9 @@ class SpaceSampler(BaseSampler):
         self.base = base
         self._hooks: dict[tuple[int, str], Callable[[Callable[[], Any]], Any]] = {}
 
-    def derive(self, trial: optuna.Trial, name: str, suggest: Callable[[], Any], fn: Callable[[Callable[[], Any]], Any]) -> Any:
+    def derive(
+        self, trial: optuna.Trial, name: str, suggest: Callable[[], Any], fn: Callable[[Callable[[], Any]], Any]
+    ) -> Any:
         """Run `suggest` (a trial.suggest_* call for `name`) with its value given by `fn(proposal)`."""
         key = (trial.number, name)
         self._hooks[key] = fn
@@ -75,7 +78,9 @@ class SpaceSampler(BaseSampler):
         # multi-objective study refuses: there those values are val_bpc (search/_views.py)
         return self.base.sample_relative(sampler_view(study), trial, search_space)
 
-    def sample_independent(self, study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         fn = self._hooks.get((trial.number, param_name))
         proposal = lambda: self.base.sample_independent(sampler_view(study), trial, param_name, param_distribution)  # noqa: E731
         return proposal() if fn is None else fn(proposal)
@@ -96,7 +101,9 @@ class SearchSpace:
     def __init__(self, config: StudyConfig, vocab_sizes: dict[int | None, int]) -> None:
         missing = [v for v in config.vocab_choices if v not in vocab_sizes]
         if missing:
-            raise ConfigError(f"vocab_sizes needs the vocabulary size of every data.tokenizer_vocab choice, but got none for {missing[0]!r}.")
+            raise ConfigError(
+                f"vocab_sizes needs the vocabulary size of every data.tokenizer_vocab choice, but got none for {missing[0]!r}."
+            )
         self.config = config
         self.space = config.space
         self.vocab_sizes = dict(vocab_sizes)
@@ -126,9 +133,13 @@ class SearchSpace:
     def suggest(self, trial: optuna.Trial) -> Candidate:
         sampler = trial.study.sampler
         if not isinstance(sampler, SpaceSampler):
-            raise TypeError(f"the study's sampler must be a SpaceSampler (see SearchSpace.make_sampler), but got {type(sampler).__name__}")
+            raise TypeError(
+                f"the study's sampler must be a SpaceSampler (see SearchSpace.make_sampler), but got {type(sampler).__name__}"
+            )
         s = self.space
-        vocab_choice = _choice(trial, "tokenizer_vocab", tuple("char" if v is None else v for v in self.config.vocab_choices))
+        vocab_choice = _choice(
+            trial, "tokenizer_vocab", tuple("char" if v is None else v for v in self.config.vocab_choices)
+        )
         vocab_choice = None if vocab_choice == "char" else vocab_choice
         mix = _choice(trial, "head_mix", s.head_mix)
         if mix == "shared":
@@ -143,16 +154,26 @@ class SearchSpace:
         plan, why = self._plan(tuple(specs), mlp_mult, vocab)
         if not plan:
             raise Infeasible(why)
-        n_layers = sampler.derive(trial, "n_layers", lambda: _suggest_domain(trial, "n_layers", s.depth),
-                                  lambda proposal: _nearest(plan, proposal()))
+        n_layers = sampler.derive(
+            trial,
+            "n_layers",
+            lambda: _suggest_domain(trial, "n_layers", s.depth),
+            lambda proposal: _nearest(plan, proposal()),
+        )
         if n_layers not in plan:  # only when the value was fixed in advance (an enqueued or retried trial)
             raise Infeasible(f"n_layers={n_layers} admits no width in the band; feasible depths: {sorted(plan)}")
-        dim = sampler.derive(trial, "dim", lambda: _suggest_domain(trial, "dim", s.width, solved=True),
-                             lambda _proposal: plan[n_layers][0])
+        dim = sampler.derive(
+            trial,
+            "dim",
+            lambda: _suggest_domain(trial, "dim", s.width, solved=True),
+            lambda _proposal: plan[n_layers][0],
+        )
         mc = self.model_config(specs, n_layers, dim, mlp_mult, vocab)
         n_params = count_parameters(mc)
         if not self.lo <= n_params <= self.hi:
-            raise Infeasible(f"n_layers={n_layers}, dim={dim} give {n_params:,} parameters, outside the band [{self.lo:,}, {self.hi:,}]")
+            raise Infeasible(
+                f"n_layers={n_layers}, dim={dim} give {n_params:,} parameters, outside the band [{self.lo:,}, {self.hi:,}]"
+            )
         tc = self.config.train_config(lr=lr, batch_size=batch_size, tokenizer_vocab=vocab_choice)
         used = families if n_layers > 1 else families[:1]  # one layer takes the lower spec only
         attrs = {"heads": mc.describe_heads(), "family": "/".join(dict.fromkeys(used)), "n_params": n_params}
@@ -160,7 +181,9 @@ class SearchSpace:
 
     def _suggest_heads(self, trial: optuna.Trial, prefix: str) -> tuple[str, HeadSpec]:
         family = _choice(trial, f"{prefix}family", self.space.families)
-        values = {k: _suggest_domain(trial, f"{prefix}{family}_{k}", d) for k, d in self.space.family_space[family].items()}
+        values = {
+            k: _suggest_domain(trial, f"{prefix}{family}_{k}", d) for k, d in self.space.family_space[family].items()
+        }
         return family, make_head_spec(family, values)
 
     def baselines(self) -> list[dict[str, Any]]:
@@ -201,11 +224,15 @@ class SearchSpace:
         if best is None:
             return None
         _, n, depth, dim = best
-        lr = (math.sqrt(s.lr.min * s.lr.max) if isinstance(s.lr, FloatRange) else sorted(s.lr)[(len(s.lr) - 1) // 2])
+        lr = math.sqrt(s.lr.min * s.lr.max) if isinstance(s.lr, FloatRange) else sorted(s.lr)[(len(s.lr) - 1) // 2]
         params: dict[str, Any] = {
             "tokenizer_vocab": "char" if vocab_choice is None else vocab_choice,
             "head_mix": "shared" if "shared" in s.head_mix else "per_layer",
-            "mlp_mult": mlp_mult, "lr": lr, "batch_size": min(s.batch_size), "n_layers": depth, "dim": dim,
+            "mlp_mult": mlp_mult,
+            "lr": lr,
+            "batch_size": min(s.batch_size),
+            "n_layers": depth,
+            "dim": dim,
         }
         for prefix in ("",) if params["head_mix"] == "shared" else ("lower_", "upper_"):
             params.update({f"{prefix}family": "uniform", f"{prefix}uniform_n": n, f"{prefix}uniform_size": size})
@@ -216,7 +243,9 @@ class SearchSpace:
         sc = self.config.sampler
         liar = parallel if sc.constant_liar is None else sc.constant_liar
         # workers sharing a study with one seed would all propose the same points: each gets its own
-        seed = sc.seed if not parallel or sc.seed is None else hash((sc.seed, socket.gethostname(), os.getpid())) % 2**32
+        seed = (
+            sc.seed if not parallel or sc.seed is None else hash((sc.seed, socket.gethostname(), os.getpid())) % 2**32
+        )
         if sc.kind == "random":
             base: BaseSampler = optuna.samplers.RandomSampler(seed=seed)
         else:
@@ -225,18 +254,28 @@ class SearchSpace:
                 # the head params depend on the family (a conditional space): group=True lets
                 # multivariate TPE model each family's params jointly instead of falling back
                 base = optuna.samplers.TPESampler(
-                    seed=seed, n_startup_trials=sc.startup_trials, multivariate=sc.multivariate,
-                    group=sc.multivariate, constant_liar=liar,
+                    seed=seed,
+                    n_startup_trials=sc.startup_trials,
+                    multivariate=sc.multivariate,
+                    group=sc.multivariate,
+                    constant_liar=liar,
                 )
         return SpaceSampler(base)
 
     # budget ---------------------------------------------------------------------------------------
 
-    def model_config(self, specs: tuple[HeadSpec, ...], n_layers: int, dim: int, mlp_mult: float, vocab: int) -> ModelConfig:
+    def model_config(
+        self, specs: tuple[HeadSpec, ...], n_layers: int, dim: int, mlp_mult: float, vocab: int
+    ) -> ModelConfig:
         fixed = {k: v for k, v in self.config.model.items() if k != "max_seq_len"}
         return ModelConfig(
-            vocab_size=vocab, dim=dim, n_layers=n_layers, heads=_layer_heads(specs, n_layers),
-            max_seq_len=self.max_seq_len, mlp_mult=mlp_mult, **fixed,
+            vocab_size=vocab,
+            dim=dim,
+            n_layers=n_layers,
+            heads=_layer_heads(specs, n_layers),
+            max_seq_len=self.max_seq_len,
+            mlp_mult=mlp_mult,
+            **fixed,
         )
 
     def _plan(self, specs: tuple[HeadSpec, ...], mlp_mult: float, vocab: int) -> tuple[dict[int, tuple[int, int]], str]:
@@ -246,12 +285,16 @@ class SearchSpace:
             self._plans[key] = self._plan_uncached(specs, mlp_mult, vocab)
         return self._plans[key]
 
-    def _plan_uncached(self, specs: tuple[HeadSpec, ...], mlp_mult: float, vocab: int) -> tuple[dict[int, tuple[int, int]], str]:
+    def _plan_uncached(
+        self, specs: tuple[HeadSpec, ...], mlp_mult: float, vocab: int
+    ) -> tuple[dict[int, tuple[int, int]], str]:
         plan: dict[int, tuple[int, int]] = {}
         closest: tuple[float, str] = (math.inf, "")
         for depth in self.depths:
             try:
-                counts = _LazyCounts(lambda w, d=depth: count_parameters(self.model_config(specs, d, w, mlp_mult, vocab)), self.widths)
+                counts = _LazyCounts(
+                    lambda w, d=depth: count_parameters(self.model_config(specs, d, w, mlp_mult, vocab)), self.widths
+                )
                 i = bisect.bisect_left(counts, self.target)
             except ConfigError as e:
                 return {}, f"heads {' | '.join(s.render() for s in specs)}: {e}"
@@ -292,9 +335,13 @@ class SearchSpace:
         depth = rng.choice(sorted(plan))
         mc = self.model_config(tuple(specs), depth, plan[depth][0], mlp_mult, vocab)
         lr = s.lr.min if isinstance(s.lr, FloatRange) else rng.choice(s.lr)
-        tc = self.config.train_config(lr=lr, batch_size=batch_size or rng.choice(s.batch_size), tokenizer_vocab=vocab_choice)
+        tc = self.config.train_config(
+            lr=lr, batch_size=batch_size or rng.choice(s.batch_size), tokenizer_vocab=vocab_choice
+        )
         used = fams if depth > 1 else fams[:1]
-        return Candidate(mc, tc, {"heads": mc.describe_heads(), "family": "/".join(dict.fromkeys(used)), "n_params": plan[depth][1]})
+        return Candidate(
+            mc, tc, {"heads": mc.describe_heads(), "family": "/".join(dict.fromkeys(used)), "n_params": plan[depth][1]}
+        )
 
     def infeasible_share(self, n: int = 400, seed: int = 0) -> tuple[float, str]:
         """Share of uniformly drawn head/MLP/vocab choices that no depth and width can fit, and one example."""

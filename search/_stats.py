@@ -3,6 +3,7 @@
 Student's t for the mean of a few seeds (the honest width at n = 3 is 4.3 standard errors, not 2);
 Welch's t for a difference, which does not assume the two configurations vary alike across seeds.
 """
+
 from __future__ import annotations
 
 import math

@@ -2,6 +2,7 @@
 
 Every log line and error shows the URL through `mask_url`, so a password never leaves this module.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,13 @@ def default_artifacts_dir(url: str) -> Path:
 
 
 def make_storage(
-    url: str | None = None, *, flag: str = "--storage", heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
-    grace_period: int | None = GRACE_PERIOD_S, max_retry: int = MAX_RETRY, create: bool = True,
+    url: str | None = None,
+    *,
+    flag: str = "--storage",
+    heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+    grace_period: int | None = GRACE_PERIOD_S,
+    max_retry: int = MAX_RETRY,
+    create: bool = True,
 ) -> RDBStorage:
     """An RDBStorage for `url` with a heartbeat, and stale trials (a dead worker's) retried.
 
@@ -73,8 +79,12 @@ def make_storage(
             # documented way to recover a dead worker's trials
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
-            kwargs = dict(engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                          grace_period=grace_period if heartbeat_interval else None, heartbeat_stale_trial_callback=callback)
+            kwargs = dict(
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period if heartbeat_interval else None,
+                heartbeat_stale_trial_callback=callback,
+            )
             for attempt in range(CREATE_ATTEMPTS):
                 try:
                     storage = FastReadRDBStorage(url, **kwargs)
@@ -89,21 +99,31 @@ def make_storage(
                         raise
                     time.sleep(0.2 * (attempt + 1))
     except sqlalchemy.exc.NoSuchModuleError:
-        raise ConfigError(f"{flag} names a database driver SQLAlchemy does not know; use a URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}.") from None
+        raise ConfigError(
+            f"{flag} names a database driver SQLAlchemy does not know; use a URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}."
+        ) from None
     except sqlalchemy.exc.ArgumentError:
-        raise ConfigError(f"{flag} must be an SQLAlchemy URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}.") from None
+        raise ConfigError(
+            f"{flag} must be an SQLAlchemy URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}."
+        ) from None
     except ImportError as e:
-        raise ConfigError(f"{flag}={mask_url(url)!r} needs a database driver that is not installed ({_first_line(e)}); for PostgreSQL: pip install 'psycopg[binary]'.") from None
+        raise ConfigError(
+            f"{flag}={mask_url(url)!r} needs a database driver that is not installed ({_first_line(e)}); for PostgreSQL: pip install 'psycopg[binary]'."
+        ) from None
     except sqlalchemy.exc.OperationalError as e:
-        raise ConfigError(f"cannot reach the database {flag}={mask_url(url)!r}: {mask_url(_first_line(e.orig or e))}.") from None
+        raise ConfigError(
+            f"cannot reach the database {flag}={mask_url(url)!r}: {mask_url(_first_line(e.orig or e))}."
+        ) from None
     except sqlalchemy.exc.DatabaseError as e:  # OperationalError's parent: SQLite's "file is not a database"
         if db is None:
             raise
         # found here rather than by reading the file's header first: opening and closing the file in a
         # process that holds SQLite connections to it drops their POSIX locks (https://sqlite.org/howtocorrupt.html)
-        raise ConfigError(f"{flag} must name a SQLite database or a new file, but got {flag}={mask_url(url)!r}, whose file "
-                          f"{str(db)!r} SQLite cannot read ({_first_line(e.orig or e)}); pass {flag} with another file name, "
-                          f"or move that file away.") from None
+        raise ConfigError(
+            f"{flag} must name a SQLite database or a new file, but got {flag}={mask_url(url)!r}, whose file "
+            f"{str(db)!r} SQLite cannot read ({_first_line(e.orig or e)}); pass {flag} with another file name, "
+            f"or move that file away."
+        ) from None
     if db is not None:
         _tune_sqlite(storage)
     return storage
@@ -114,13 +134,18 @@ def _creation_race(e: Exception) -> bool:
     duplicate table / duplicate object)."""
     import sqlalchemy.exc
 
-    return isinstance(e, sqlalchemy.exc.IntegrityError) or getattr(getattr(e, "orig", None), "sqlstate", None) in ("42P07", "42710")
+    return isinstance(e, sqlalchemy.exc.IntegrityError) or getattr(getattr(e, "orig", None), "sqlstate", None) in (
+        "42P07",
+        "42710",
+    )
 
 
 def _prepare_sqlite_file(db: Path, flag: str, create: bool) -> None:
     if not create:
         if not db.is_file():
-            raise ConfigError(f"{flag} points at {str(db)!r}, which does not exist; run a study first or pass the URL it used.")
+            raise ConfigError(
+                f"{flag} points at {str(db)!r}, which does not exist; run a study first or pass the URL it used."
+            )
         return
     folder = db.parent if str(db.parent) else Path(".")
     try:
@@ -128,7 +153,9 @@ def _prepare_sqlite_file(db: Path, flag: str, create: bool) -> None:
     except OSError as e:
         raise ConfigError(f"cannot create the storage folder {str(folder)!r} for {flag}: {e.strerror}.") from None
     if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-        raise ConfigError(f"the storage folder {str(folder)!r} is not writable; pass {flag} with a URL in a folder you can write.")
+        raise ConfigError(
+            f"the storage folder {str(folder)!r} is not writable; pass {flag} with a URL in a folder you can write."
+        )
 
 
 def _tune_sqlite(storage: RDBStorage) -> None:

@@ -4,6 +4,7 @@ Every rule raises `ConfigError` with one line naming the key (`space.depth`, `pr
 and, for an unknown key, the nearest valid one. Ranges are tables (`{min = 1, max = 4}`), choices
 are lists (`[16, 32]`); a bare scalar is a fixed value.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -47,15 +48,35 @@ FAMILY_KEYS: dict[str, tuple[str, ...]] = {
     "explicit": ("sizes",),
 }
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "study": ("name", "description", "n_trials", "timeout_s", "storage", "heartbeat_interval_s", "grace_period_s", "objectives"),
+    "study": (
+        "name",
+        "description",
+        "n_trials",
+        "timeout_s",
+        "storage",
+        "heartbeat_interval_s",
+        "grace_period_s",
+        "objectives",
+    ),
     "data": DATA_KEYS,
     "budget": ("params", "tolerance"),
     "space": ("depth", "width", "head_mix", "families", "mlp_mult", "lr", "batch_size", *HEAD_FAMILIES),
     "model": MODEL_KEYS,
     "training": (*TRAINING_KEYS, *TOKEN_KEYS, "threads"),
     "pruning": (
-        "ram_limit", "ram_auto_share", "gpu_memory_limit", "pruner", "warmup_steps", "warmup_tokens", "startup_trials",
-        "interval_steps", "percentile", "min_resource", "min_resource_tokens", "reduction_factor", "p_threshold",
+        "ram_limit",
+        "ram_auto_share",
+        "gpu_memory_limit",
+        "pruner",
+        "warmup_steps",
+        "warmup_tokens",
+        "startup_trials",
+        "interval_steps",
+        "percentile",
+        "min_resource",
+        "min_resource_tokens",
+        "reduction_factor",
+        "p_threshold",
         "watch_interval_s",
     ),
     "sampler": ("kind", "seed", "multivariate", "startup_trials", "constant_liar"),
@@ -204,8 +225,15 @@ class StudyConfig:
         """
         d = {**self.data, **self.training, **searched}
         if self.tokens is not None:
-            d.update(token_steps(self.tokens, self.eval_tokens, self.warmup_tokens, batch_size=d.get("batch_size", TrainConfig.batch_size),
-                                 seq_len=d.get("seq_len", TrainConfig.seq_len)))
+            d.update(
+                token_steps(
+                    self.tokens,
+                    self.eval_tokens,
+                    self.warmup_tokens,
+                    batch_size=d.get("batch_size", TrainConfig.batch_size),
+                    seq_len=d.get("seq_len", TrainConfig.seq_len),
+                )
+            )
         return TrainConfig.from_dict(d)
 
     @property
@@ -235,8 +263,14 @@ class StudyConfig:
             return metrics["step"]
         return self.tokens if last else metrics["tokens"] // self.eval_tokens * self.eval_tokens
 
-    def with_overrides(self, *, dataset: str | None = None, storage: str | None = None,
-                       n_trials: int | None = None, timeout_s: float | None = None) -> StudyConfig:
+    def with_overrides(
+        self,
+        *,
+        dataset: str | None = None,
+        storage: str | None = None,
+        n_trials: int | None = None,
+        timeout_s: float | None = None,
+    ) -> StudyConfig:
         """A copy with command-line values in place of the file's (flag names in the errors)."""
         if n_trials is not None and (not _is_int(n_trials) or n_trials < 1):
             raise ConfigError(f"--n-trials must be a positive integer, but got {n_trials=}.")
@@ -337,7 +371,9 @@ class _Parser:
         self.unknown(self.raw, tuple(SECTION_KEYS), "")
         for name in REQUIRED_SECTIONS:
             if name not in self.raw:
-                self.fail(f"missing section [{name}]; every study file needs {', '.join(f'[{s}]' for s in REQUIRED_SECTIONS)}.")
+                self.fail(
+                    f"missing section [{name}]; every study file needs {', '.join(f'[{s}]' for s in REQUIRED_SECTIONS)}."
+                )
         study = self.section("study")
         data = self.section("data")
         budget = self.section("budget")
@@ -349,35 +385,84 @@ class _Parser:
         full = self.section("full_training")
 
         name = study.get("name")
-        self.rule(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or "") is not None,
-                  "must be a name of letters, digits, '.', '_' or '-'", "study.name", name)
+        self.rule(
+            isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or "") is not None,
+            "must be a name of letters, digits, '.', '_' or '-'",
+            "study.name",
+            name,
+        )
         n_trials = study.get("n_trials")
-        self.rule(n_trials is None or (_is_int(n_trials) and n_trials >= 1), "must be a positive integer", "study.n_trials", n_trials)
+        self.rule(
+            n_trials is None or (_is_int(n_trials) and n_trials >= 1),
+            "must be a positive integer",
+            "study.n_trials",
+            n_trials,
+        )
         timeout_s = study.get("timeout_s")
-        self.rule(timeout_s is None or (_is_num(timeout_s) and timeout_s > 0), "must be a positive number of seconds", "study.timeout_s", timeout_s)
+        self.rule(
+            timeout_s is None or (_is_num(timeout_s) and timeout_s > 0),
+            "must be a positive number of seconds",
+            "study.timeout_s",
+            timeout_s,
+        )
         if n_trials is None and timeout_s is None:
             self.fail("[study] needs n_trials or timeout_s (or both), so a run knows when to stop.")
         storage = study.get("storage", DEFAULT_STORAGE)
-        self.rule(isinstance(storage, str) and "://" in storage, "must be an SQLAlchemy URL like 'sqlite:///storage/mfha.db'", "study.storage", storage)
+        self.rule(
+            isinstance(storage, str) and "://" in storage,
+            "must be an SQLAlchemy URL like 'sqlite:///storage/mfha.db'",
+            "study.storage",
+            storage,
+        )
         description = study.get("description", "")
         heartbeat = study.get("heartbeat_interval_s", 30)
-        self.rule(_is_int(heartbeat) and heartbeat >= 1, "must be a whole number of seconds >= 1", "study.heartbeat_interval_s", heartbeat)
+        self.rule(
+            _is_int(heartbeat) and heartbeat >= 1,
+            "must be a whole number of seconds >= 1",
+            "study.heartbeat_interval_s",
+            heartbeat,
+        )
         grace = study.get("grace_period_s", 3 * heartbeat)
-        self.rule(_is_int(grace) and grace > heartbeat, f"must be a whole number of seconds > study.heartbeat_interval_s={heartbeat}",
-                  "study.grace_period_s", grace)
+        self.rule(
+            _is_int(grace) and grace > heartbeat,
+            f"must be a whole number of seconds > study.heartbeat_interval_s={heartbeat}",
+            "study.grace_period_s",
+            grace,
+        )
         self.rule(isinstance(description, str), "must be a string", "study.description", description)
         objectives = study.get("objectives", [PRIMARY])
-        ok = (isinstance(objectives, list) and objectives[:1] == [PRIMARY] and len(set(objectives)) == len(objectives)
-              and all(o in OBJECTIVES for o in objectives))
-        self.rule(ok, f"must be [{PRIMARY!r}] followed by any of {', '.join(repr(o) for o in OBJECTIVES[1:])}", "study.objectives", objectives)
+        ok = (
+            isinstance(objectives, list)
+            and objectives[:1] == [PRIMARY]
+            and len(set(objectives)) == len(objectives)
+            and all(o in OBJECTIVES for o in objectives)
+        )
+        self.rule(
+            ok,
+            f"must be [{PRIMARY!r}] followed by any of {', '.join(repr(o) for o in OBJECTIVES[1:])}",
+            "study.objectives",
+            objectives,
+        )
         cost = self.section("cost")
         if cost and len(objectives) == 1:
-            self.fail("[cost] is given but study.objectives has no cost; add 'train_cost' or 'decode_cost' to study.objectives, or remove [cost].")
+            self.fail(
+                "[cost] is given but study.objectives has no cost; add 'train_cost' or 'decode_cost' to study.objectives, or remove [cost]."
+            )
         cost_seconds = cost.get("seconds", 2.0)
-        self.rule(_is_num(cost_seconds) and 0 < cost_seconds <= 60, "must be a number of seconds in (0, 60]", "cost.seconds", cost_seconds)
+        self.rule(
+            _is_num(cost_seconds) and 0 < cost_seconds <= 60,
+            "must be a number of seconds in (0, 60]",
+            "cost.seconds",
+            cost_seconds,
+        )
 
         params = budget.get("params")
-        self.rule(_is_int(params) and params >= 1, "must be a positive integer (the target parameter count)", "budget.params", params)
+        self.rule(
+            _is_int(params) and params >= 1,
+            "must be a positive integer (the target parameter count)",
+            "budget.params",
+            params,
+        )
         tol = budget.get("tolerance", 0.1)
         self.rule(_is_num(tol) and 0 < tol < 1, "must be a fraction in (0, 1)", "budget.tolerance", tol)
 
@@ -393,7 +478,9 @@ class _Parser:
         if "batch_size" in training:
             space = _replace_space(space, batch_size=(training["batch_size"],))
         threads = training.get("threads", 0)
-        self.rule(_is_int(threads) and threads >= 0, "must be an integer >= 0 (0: all cores)", "training.threads", threads)
+        self.rule(
+            _is_int(threads) and threads >= 0, "must be an integer >= 0 (0: all cores)", "training.threads", threads
+        )
         tokens = self.token_budget(training, pruning_raw, space)
         training = {k: v for k, v in training.items() if k not in ("lr", "batch_size", "threads", *TOKEN_KEYS)}
 
@@ -401,21 +488,42 @@ class _Parser:
         self.check_model(model, training)
         pruning = self.pruning(pruning_raw, token_budget=tokens is not None)
         if len(objectives) > 1 and pruning.pruner not in MULTI_OBJECTIVE_PRUNERS:
-            self.fail(f"pruning.pruner={pruning.pruner!r} cannot prune a multi-objective study (study.objectives={objectives!r}); "
-                      f"use one of {', '.join(MULTI_OBJECTIVE_PRUNERS)}.")
+            self.fail(
+                f"pruning.pruner={pruning.pruner!r} cannot prune a multi-objective study (study.objectives={objectives!r}); "
+                f"use one of {', '.join(MULTI_OBJECTIVE_PRUNERS)}."
+            )
         sampler = self.sampler(sampler_raw)
         full = self.full_training(full)
         baselines = self.baselines(self.section("baselines"), space)
         validation = self.validation(self.section("validation")) if "validation" in self.raw else None
         return StudyConfig(
-            name=name, budget_params=params, budget_tolerance=float(tol), space=space,
-            vocab_choices=vocab_choices, data=data_fields, training=training, threads=threads, model=model,
-            full_training=full, pruning=pruning, sampler=sampler, baselines=baselines, validation=validation,
-            objectives=tuple(objectives), cost_seconds=float(cost_seconds),
-            tokens=tokens[0] if tokens else None, eval_tokens=tokens[1] if tokens else None,
-            warmup_tokens=tokens[2] if tokens else None, description=description,
-            n_trials=n_trials, timeout_s=float(timeout_s) if timeout_s is not None else None,
-            storage=storage, heartbeat_interval_s=heartbeat, grace_period_s=grace, source=self.source, raw=self.raw,
+            name=name,
+            budget_params=params,
+            budget_tolerance=float(tol),
+            space=space,
+            vocab_choices=vocab_choices,
+            data=data_fields,
+            training=training,
+            threads=threads,
+            model=model,
+            full_training=full,
+            pruning=pruning,
+            sampler=sampler,
+            baselines=baselines,
+            validation=validation,
+            objectives=tuple(objectives),
+            cost_seconds=float(cost_seconds),
+            tokens=tokens[0] if tokens else None,
+            eval_tokens=tokens[1] if tokens else None,
+            warmup_tokens=tokens[2] if tokens else None,
+            description=description,
+            n_trials=n_trials,
+            timeout_s=float(timeout_s) if timeout_s is not None else None,
+            storage=storage,
+            heartbeat_interval_s=heartbeat,
+            grace_period_s=grace,
+            source=self.source,
+            raw=self.raw,
         )
 
     def token_budget(self, training: dict, pruning: dict, space: SpaceConfig) -> tuple[int, int, int] | None:
@@ -423,19 +531,37 @@ class _Parser:
         if "tokens" not in training:
             for k in ("eval_tokens", "warmup_tokens"):
                 if k in training:
-                    self.fail(f"training.{k} needs training.tokens (a token budget per trial); set it, or use training.{k.replace('_tokens', '_interval' if k == 'eval_tokens' else '_steps')}.")
+                    self.fail(
+                        f"training.{k} needs training.tokens (a token budget per trial); set it, or use training.{k.replace('_tokens', '_interval' if k == 'eval_tokens' else '_steps')}."
+                    )
             return None
         for steps_key, tokens_key in STEP_KEYS_IN_TOKENS.items():
             if steps_key in training:
-                self.fail(f"training.{steps_key} counts steps, but training.tokens sets a token budget (steps follow from each trial's batch size); "
-                          f"use training.{tokens_key}, or remove training.tokens.")
+                self.fail(
+                    f"training.{steps_key} counts steps, but training.tokens sets a token budget (steps follow from each trial's batch size); "
+                    f"use training.{tokens_key}, or remove training.tokens."
+                )
         tokens = training["tokens"]
-        self.rule(_is_int(tokens) and tokens >= 1, "must be a positive integer (training tokens per trial)", "training.tokens", tokens)
+        self.rule(
+            _is_int(tokens) and tokens >= 1,
+            "must be a positive integer (training tokens per trial)",
+            "training.tokens",
+            tokens,
+        )
         eval_tokens = training.get("eval_tokens", max(1, tokens // EVALS_PER_TRIAL))
-        self.rule(_is_int(eval_tokens) and 1 <= eval_tokens <= tokens, f"must be an integer in [1, training.tokens={tokens}]",
-                  "training.eval_tokens", eval_tokens)
+        self.rule(
+            _is_int(eval_tokens) and 1 <= eval_tokens <= tokens,
+            f"must be an integer in [1, training.tokens={tokens}]",
+            "training.eval_tokens",
+            eval_tokens,
+        )
         warmup = training.get("warmup_tokens", round(tokens * WARMUP_SHARE))
-        self.rule(_is_int(warmup) and 0 <= warmup < tokens, f"must be an integer in [0, training.tokens={tokens})", "training.warmup_tokens", warmup)
+        self.rule(
+            _is_int(warmup) and 0 <= warmup < tokens,
+            f"must be an integer in [0, training.tokens={tokens})",
+            "training.warmup_tokens",
+            warmup,
+        )
         return tokens, eval_tokens, warmup
 
     def baselines(self, b: dict[str, Any], space: SpaceConfig) -> BaselinesConfig:
@@ -446,13 +572,25 @@ class _Parser:
             ok = isinstance(sizes, list) and sizes and all(_is_int(x) for x in sizes) and len(set(sizes)) == len(sizes)
             self.rule(ok, "must be a list of distinct uniform head sizes", "baselines.sizes", sizes)
             if "uniform" not in space.families:
-                self.fail("baselines.sizes needs 'uniform' in space.families (a baseline is a trial of the space); add it, or remove baselines.sizes.")
+                self.fail(
+                    "baselines.sizes needs 'uniform' in space.families (a baseline is a trial of the space); add it, or remove baselines.sizes."
+                )
             allowed = domain_values(space.family_space["uniform"]["size"])
             bad = [x for x in sizes if x not in allowed]
-            self.rule(not bad, f"must be sizes that space.uniform.size allows ({', '.join(map(str, allowed))})", "baselines.sizes", sizes)
+            self.rule(
+                not bad,
+                f"must be sizes that space.uniform.size allows ({', '.join(map(str, allowed))})",
+                "baselines.sizes",
+                sizes,
+            )
         params = b.get("params", [])
         ok = isinstance(params, list) and all(isinstance(x, dict) and x for x in params)
-        self.rule(ok, "must be a list of param tables, e.g. [{family = \"uniform\", uniform_n = 4, uniform_size = 16}]", "baselines.params", params)
+        self.rule(
+            ok,
+            'must be a list of param tables, e.g. [{family = "uniform", uniform_n = 4, uniform_size = 16}]',
+            "baselines.params",
+            params,
+        )
         return BaselinesConfig(enabled, tuple(sizes) if sizes is not None else None, tuple(dict(x) for x in params))
 
     def validation(self, v: dict[str, Any]) -> ValidationConfig:
@@ -460,7 +598,12 @@ class _Parser:
         top = v.get("top", d.top)
         self.rule(_is_int(top) and top >= 1, "must be a positive integer", "validation.top", top)
         seeds = v.get("seeds", d.seeds)
-        self.rule(_is_int(seeds) and seeds >= 2, "must be an integer >= 2 (an interval needs two seeds)", "validation.seeds", seeds)
+        self.rule(
+            _is_int(seeds) and seeds >= 2,
+            "must be an integer >= 2 (an interval needs two seeds)",
+            "validation.seeds",
+            seeds,
+        )
         families = v.get("families", d.families)
         self.rule(isinstance(families, bool), "must be true or false", "validation.families", families)
         return ValidationConfig(top, seeds, families)
@@ -487,7 +630,12 @@ class _Parser:
             self.unknown(v, allowed, key)
             lo, hi, step = v.get("min"), v.get("max"), v.get("step", 1)
             ok = _is_int(lo) and _is_int(hi) and _is_int(step) and minimum <= lo <= hi and step >= 1
-            self.rule(ok, f"must be a range {{min, max{', step' if allow_step else ''}}} of integers with {minimum} <= min <= max", key, v)
+            self.rule(
+                ok,
+                f"must be a range {{min, max{', step' if allow_step else ''}}} of integers with {minimum} <= min <= max",
+                key,
+                v,
+            )
             return IntRange(lo, hi, step)
         items = v if isinstance(v, list) else [v]
         ok = len(items) >= 1 and all(_is_int(x) and x >= minimum for x in items) and len(set(items)) == len(items)
@@ -511,13 +659,22 @@ class _Parser:
             if f not in HEAD_FAMILIES:
                 near = get_close_matches(str(f), HEAD_FAMILIES, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
-                self.fail(f"space.families must list head families from {', '.join(HEAD_FAMILIES)}, but got {f!r}{hint}")
-        self.rule(len(fams) >= 1 and len(set(fams)) == len(fams), "must list distinct head families", "space.families", s["families"])
+                self.fail(
+                    f"space.families must list head families from {', '.join(HEAD_FAMILIES)}, but got {f!r}{hint}"
+                )
+        self.rule(
+            len(fams) >= 1 and len(set(fams)) == len(fams),
+            "must list distinct head families",
+            "space.families",
+            s["families"],
+        )
         for f in HEAD_FAMILIES:
             if f in s and f not in fams:
                 self.fail(f"[space.{f}] is given but space.families does not list {f!r}; add it or remove the table.")
             if f in fams and f not in s:
-                self.fail(f"space.families lists {f!r} but [space.{f}] is missing; it needs {', '.join(FAMILY_KEYS[f])}.")
+                self.fail(
+                    f"space.families lists {f!r} but [space.{f}] is missing; it needs {', '.join(FAMILY_KEYS[f])}."
+                )
         mix = s.get("head_mix", "shared")
         mixes = mix if isinstance(mix, list) else [mix]
         ok = len(mixes) >= 1 and all(m in HEAD_MIXES for m in mixes) and len(set(mixes)) == len(mixes)
@@ -535,7 +692,12 @@ class _Parser:
         else:
             lr = self.num_choices(lr_raw, "space.lr")
         batch = self.int_domain(s.get("batch_size", 16), "space.batch_size")
-        self.rule(isinstance(batch, tuple), "must be a batch size or a list of them (not a range)", "space.batch_size", s.get("batch_size"))
+        self.rule(
+            isinstance(batch, tuple),
+            "must be a batch size or a list of them (not a range)",
+            "space.batch_size",
+            s.get("batch_size"),
+        )
         return SpaceConfig(depth, width, tuple(mixes), tuple(fams), family_space, mlp, lr, batch)
 
     def family(self, fam: str, t: Any) -> dict[str, Domain]:
@@ -546,11 +708,15 @@ class _Parser:
         defaults = {"split": 2, "ratio": 2}
         for k in FAMILY_KEYS[fam]:
             if k not in t and k not in defaults:
-                self.fail(f"missing key {key}.{k}; {fam} heads need {', '.join(k2 for k2 in FAMILY_KEYS[fam] if k2 not in defaults)}.")
+                self.fail(
+                    f"missing key {key}.{k}; {fam} heads need {', '.join(k2 for k2 in FAMILY_KEYS[fam] if k2 not in defaults)}."
+                )
         if fam == "explicit":
             lists = t["sizes"]
             ok = isinstance(lists, list) and lists and all(isinstance(x, list) and x for x in lists)
-            self.rule(ok, "must be a list of head-size lists, e.g. [[32, 16, 16], [16, 16, 16, 16]]", f"{key}.sizes", lists)
+            self.rule(
+                ok, "must be a list of head-size lists, e.g. [[32, 16, 16], [16, 16, 16, 16]]", f"{key}.sizes", lists
+            )
             choices = tuple(" ".join(str(x) for x in sorted(sizes, reverse=True)) for sizes in lists)
             for text in choices:
                 self.head_spec(fam, {"sizes": [int(x) for x in text.split()]}, key)
@@ -570,22 +736,33 @@ class _Parser:
             return make_head_spec(fam, values)
         except ConfigError as e:
             shown = ", ".join(f"{k}={v}" for k, v in values.items())
-            self.fail(f"{key}: the combination {shown} is not a valid head set ({e}); every combination of its choices must be valid.")
+            self.fail(
+                f"{key}: the combination {shown} is not a valid head set ({e}); every combination of its choices must be valid."
+            )
 
     def check_train_fields(self, data: dict, training: dict, vocab_choices: tuple, space: SpaceConfig) -> None:
         lr0 = space.lr.min if isinstance(space.lr, FloatRange) else space.lr[0]
         for vocab in vocab_choices:
             try:
-                TrainConfig.from_dict({**data, **training, "tokenizer_vocab": vocab, "lr": lr0, "batch_size": space.batch_size[0]})
+                TrainConfig.from_dict(
+                    {**data, **training, "tokenizer_vocab": vocab, "lr": lr0, "batch_size": space.batch_size[0]}
+                )
             except ConfigError as e:
                 self.fail(_prefix_keys(str(e), {**{k: "data" for k in data}, **{k: "training" for k in training}}))
 
     def check_model(self, model: dict, training: dict) -> None:
         seq_len = training.get("seq_len", TrainConfig.seq_len)
         max_seq_len = model.get("max_seq_len", seq_len)
-        self.rule(_is_int(max_seq_len) and max_seq_len >= seq_len, f"must be >= training.seq_len={seq_len}", "model.max_seq_len", max_seq_len)
+        self.rule(
+            _is_int(max_seq_len) and max_seq_len >= seq_len,
+            f"must be >= training.seq_len={seq_len}",
+            "model.max_seq_len",
+            max_seq_len,
+        )
         try:
-            ModelConfig.from_dict({**model, "vocab_size": 8, "dim": 8, "n_layers": 1, "heads": {"family": "uniform", "n": 1, "size": 8}})
+            ModelConfig.from_dict(
+                {**model, "vocab_size": 8, "dim": 8, "n_layers": 1, "heads": {"family": "uniform", "n": 1, "size": 8}}
+            )
         except ConfigError as e:
             self.fail(f"[model]: {e}")
 
@@ -596,7 +773,11 @@ class _Parser:
         for steps_key, tokens_key in names.items():
             wrong, right = (steps_key, tokens_key) if token_budget else (tokens_key, steps_key)
             if wrong in p:
-                unit = "tokens: [training] tokens sets a token budget" if token_budget else "training steps: the study has no [training] tokens"
+                unit = (
+                    "tokens: [training] tokens sets a token budget"
+                    if token_budget
+                    else "training steps: the study has no [training] tokens"
+                )
                 self.fail(f"pruning.{wrong} does not fit this study, whose pruner counts {unit}; use pruning.{right}.")
         if token_budget:
             p = {({t: k for k, t in names.items()}).get(k, k): v for k, v in p.items()}
@@ -617,11 +798,20 @@ class _Parser:
         vals: dict[str, Any] = {}
         for k, minimum in ints.items():
             v = p.get(k, getattr(d, k))
-            self.rule(_is_int(v) and v >= minimum, f"must be an integer >= {minimum}", f"pruning.{_file_key(k, token_budget)}", v)
+            self.rule(
+                _is_int(v) and v >= minimum,
+                f"must be an integer >= {minimum}",
+                f"pruning.{_file_key(k, token_budget)}",
+                v,
+            )
             vals[k] = v
         mr = p.get("min_resource")
-        self.rule(mr is None or (_is_int(mr) and mr >= 1), f"must be a positive number of {'tokens' if token_budget else 'steps'}",
-                  f"pruning.{_file_key('min_resource', token_budget)}", mr)
+        self.rule(
+            mr is None or (_is_int(mr) and mr >= 1),
+            f"must be a positive number of {'tokens' if token_budget else 'steps'}",
+            f"pruning.{_file_key('min_resource', token_budget)}",
+            mr,
+        )
         pct = p.get("percentile", d.percentile)
         self.rule(_is_num(pct) and 0 < pct < 100, "must be in (0, 100)", "pruning.percentile", pct)
         pth = p.get("p_threshold", d.p_threshold)
@@ -629,8 +819,15 @@ class _Parser:
         wi = p.get("watch_interval_s", d.watch_interval_s)
         self.rule(_is_num(wi) and 0.001 <= wi <= 10, "must be in [0.001, 10] seconds", "pruning.watch_interval_s", wi)
         return PruningConfig(
-            ram_limit=ram, ram_auto_share=float(share), gpu_memory_limit=gpu, pruner=kind, min_resource=mr,
-            percentile=float(pct), p_threshold=float(pth), watch_interval_s=float(wi), **vals,
+            ram_limit=ram,
+            ram_auto_share=float(share),
+            gpu_memory_limit=gpu,
+            pruner=kind,
+            min_resource=mr,
+            percentile=float(pct),
+            p_threshold=float(pth),
+            watch_interval_s=float(wi),
+            **vals,
         )
 
     def sampler(self, s: dict[str, Any]) -> SamplerConfig:
@@ -649,7 +846,12 @@ class _Parser:
 
     def full_training(self, f: dict[str, Any]) -> dict[str, Any]:
         if "tokens" in f:
-            self.rule(_is_int(f["tokens"]) and f["tokens"] >= 1, "must be a positive integer (training tokens)", "full_training.tokens", f["tokens"])
+            self.rule(
+                _is_int(f["tokens"]) and f["tokens"] >= 1,
+                "must be a positive integer (training tokens)",
+                "full_training.tokens",
+                f["tokens"],
+            )
             if "max_steps" in f:
                 self.fail("full_training sets both tokens and max_steps; keep one of them.")
         try:
@@ -661,14 +863,20 @@ class _Parser:
 
 def _file_key(key: str, token_budget: bool) -> str:
     """The study-file name of a PruningConfig field (the token names in a token-budget study)."""
-    return {"warmup_steps": "warmup_tokens", "min_resource": "min_resource_tokens"}.get(key, key) if token_budget else key
+    return (
+        {"warmup_steps": "warmup_tokens", "min_resource": "min_resource_tokens"}.get(key, key) if token_budget else key
+    )
 
 
 def token_steps(tokens: int, eval_tokens: int, warmup_tokens: int, *, batch_size: int, seq_len: int) -> dict[str, int]:
     """TrainConfig step fields for a token budget: every trial sees `tokens` tokens, to within one batch."""
     per_step = batch_size * seq_len
-    return {"max_steps": -(-tokens // per_step), "eval_tokens": eval_tokens, "eval_interval": max(1, eval_tokens // per_step),
-            "warmup_steps": round(warmup_tokens / per_step)}
+    return {
+        "max_steps": -(-tokens // per_step),
+        "eval_tokens": eval_tokens,
+        "eval_interval": max(1, eval_tokens // per_step),
+        "warmup_steps": round(warmup_tokens / per_step),
+    }
 
 
 def _prefix_keys(msg: str, sections: dict[str, str]) -> str:
@@ -693,7 +901,9 @@ def make_head_spec(family: str, values: dict[str, Any]) -> HeadSpec:
         largest, levels = values["largest"], values["levels"]
         if largest % ratio ** (levels - 1):
             raise ConfigError(f"largest={largest} must be divisible by ratio**(levels-1)={ratio ** (levels - 1)}")
-        return HeadSpec("geometric", largest=largest, smallest=largest // ratio ** (levels - 1), ratio=ratio, count=values["count"])
+        return HeadSpec(
+            "geometric", largest=largest, smallest=largest // ratio ** (levels - 1), ratio=ratio, count=values["count"]
+        )
     if family == "explicit":
         sizes = values["sizes"]
         return HeadSpec("explicit", sizes=[int(x) for x in sizes.split()] if isinstance(sizes, str) else list(sizes))
@@ -701,8 +911,23 @@ def make_head_spec(family: str, values: dict[str, Any]) -> HeadSpec:
 
 
 __all__ = [
-    "StudyConfig", "SpaceConfig", "PruningConfig", "SamplerConfig", "BaselinesConfig", "ValidationConfig", "IntRange", "FloatRange",
+    "StudyConfig",
+    "SpaceConfig",
+    "PruningConfig",
+    "SamplerConfig",
+    "BaselinesConfig",
+    "ValidationConfig",
+    "IntRange",
+    "FloatRange",
     "token_steps",
-    "load_study_file", "parse_study", "parse_bytes", "make_head_spec", "domain_values",
-    "DEFAULT_STORAGE", "PRUNERS", "HEAD_MIXES", "OBJECTIVES", "PRIMARY",
+    "load_study_file",
+    "parse_study",
+    "parse_bytes",
+    "make_head_spec",
+    "domain_values",
+    "DEFAULT_STORAGE",
+    "PRUNERS",
+    "HEAD_MIXES",
+    "OBJECTIVES",
+    "PRIMARY",
 ]

@@ -9,6 +9,7 @@ same trial machinery as the search: RAM forecast and watch, heartbeat and retry,
 storage. A rerun enqueues only the pairs that are not done, queued or running, so a killed
 validation resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,7 +28,16 @@ from search._host import share_cores
 from search._objective import Objective, _set_attrs
 from search._pruners import MemoryAwarePruner
 from search._runner import (
-    FINISHED, Prepared, RunSummary, _Bars, _quiet_optuna, check_objectives, check_vocab_sizes, drive, name_objective, open_run,
+    FINISHED,
+    Prepared,
+    RunSummary,
+    _Bars,
+    _quiet_optuna,
+    check_objectives,
+    check_vocab_sizes,
+    drive,
+    name_objective,
+    open_run,
     trial_settings,
 )
 from search._space import Candidate
@@ -51,9 +61,14 @@ def select_configs(search: optuna.Study, *, top: int, families: bool = True) -> 
     (by val_bpc), since those are the trade-offs a user picks from."""
     if top < 1:
         raise ValueError(f"top must be a positive integer, but got {top=}.")
-    done = sorted((t for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if "model_config" in t.user_attrs and "reused_from" not in t.user_attrs),
-                  key=lambda t: (t.values[0], t.number))
+    done = sorted(
+        (
+            t
+            for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "model_config" in t.user_attrs and "reused_from" not in t.user_attrs
+        ),
+        key=lambda t: (t.values[0], t.number),
+    )
     front = {t.number for t in search.best_trials} if len(search.directions) > 1 else set()
     distinct, keys = [], set()
     for t in done:  # the same configuration sampled twice trains once (reused_from), but be sure
@@ -81,7 +96,11 @@ def select_configs(search: optuna.Study, *, top: int, families: bool = True) -> 
 
 def validation_seeds(search: optuna.Study, n: int) -> list[int]:
     """The first `n` positive seeds that no search trial trained with."""
-    used = {t.user_attrs["train_config"].get("seed") for t in search.get_trials(deepcopy=False) if "train_config" in t.user_attrs}
+    used = {
+        t.user_attrs["train_config"].get("seed")
+        for t in search.get_trials(deepcopy=False)
+        if "train_config" in t.user_attrs
+    }
     return list(itertools.islice((s for s in itertools.count(1) if s not in used), n))
 
 
@@ -90,16 +109,23 @@ def stored_config(storage_url: str, name: str, *, dataset: str | None = None) ->
     study = open_study(storage_url, name)
     raw = study.user_attrs.get("study_file")
     if not isinstance(raw, dict):
-        raise ConfigError(f"study {name!r} holds no study file (it was not created by run_search.py run); validate needs one.")
+        raise ConfigError(
+            f"study {name!r} holds no study file (it was not created by run_search.py run); validate needs one."
+        )
     return parse_study(raw, source=f"study {name!r}").with_overrides(storage=storage_url, dataset=dataset)
 
 
-def resolve(config: StudyConfig, *, top: int | None, seeds: int | None, families: bool | None = None) -> ValidationConfig:
+def resolve(
+    config: StudyConfig, *, top: int | None, seeds: int | None, families: bool | None = None
+) -> ValidationConfig:
     """Flags over the study file's [validation] over the defaults."""
     check_flags(top=top, seeds=seeds)
     base = config.validation or ValidationConfig()
-    return ValidationConfig(base.top if top is None else top, base.seeds if seeds is None else seeds,
-                            base.families if families is None else families)
+    return ValidationConfig(
+        base.top if top is None else top,
+        base.seeds if seeds is None else seeds,
+        base.families if families is None else families,
+    )
 
 
 def check_flags(*, top: int | None, seeds: int | None) -> None:
@@ -115,14 +141,18 @@ class _Plan:
     def __init__(self, search: optuna.Study, v: ValidationConfig) -> None:
         self.picks = select_configs(search, top=v.top, families=v.families)
         if not self.picks:
-            raise ConfigError(f"study {search.study_name!r} has no COMPLETE trial to validate yet; run the search first.")
+            raise ConfigError(
+                f"study {search.study_name!r} has no COMPLETE trial to validate yet; run the search first."
+            )
         self.seeds = validation_seeds(search, v.seeds)
         self.sources = {p.trial.number: p.trial for p in self.picks}
         self.needed = [(p.trial.number, s) for p in self.picks for s in self.seeds]
 
     def missing(self, study: optuna.Study, *, exclude: int | None = None) -> list[tuple[int, int]]:
         """Needed pairs that no trial holds (done, pruned, running or queued)."""
-        held = {_pair(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL and t._trial_id != exclude}
+        held = {
+            _pair(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL and t._trial_id != exclude
+        }
         return [pair for pair in self.needed if pair not in held]
 
     def total(self, study: optuna.Study) -> int:
@@ -157,24 +187,47 @@ class _Retrain:
         source, seed = pair
         src = self.plan.sources.get(source)
         if src is None:
-            raise ConfigError(f"validation trial {trial.number} retrains search trial {source}, which this validation did not select.")
+            raise ConfigError(
+                f"validation trial {trial.number} retrains search trial {source}, which this validation did not select."
+            )
         a = src.user_attrs
         mc = ModelConfig.from_dict(a["model_config"])
-        tc = TrainConfig.from_dict({**a["train_config"], "seed": seed, **({"dataset": self.dataset} if self.dataset else {})})
-        attrs = {"heads": a["heads"], "family": a.get("family", ""), "n_params": a["n_params"], "source_trial": source, "seed": seed,
-                 "search_value": src.values[0], **({"role": a["role"]} if "role" in a else {})}
+        tc = TrainConfig.from_dict(
+            {**a["train_config"], "seed": seed, **({"dataset": self.dataset} if self.dataset else {})}
+        )
+        attrs = {
+            "heads": a["heads"],
+            "family": a.get("family", ""),
+            "n_params": a["n_params"],
+            "source_trial": source,
+            "seed": seed,
+            "search_value": src.values[0],
+            **({"role": a["role"]} if "role" in a else {}),
+        }
         return Candidate(mc, tc, attrs)
 
 
-def validation_study(config: StudyConfig, prep: Prepared, storage, v: ValidationConfig, *, log) -> tuple[optuna.Study, _Plan]:
+def validation_study(
+    config: StudyConfig, prep: Prepared, storage, v: ValidationConfig, *, log
+) -> tuple[optuna.Study, _Plan]:
     """The companion study, created or resumed, with every missing pair enqueued."""
     search = optuna.load_study(study_name=config.name, storage=storage)
     check_vocab_sizes(search, prep)  # else the stored configurations would be rebuilt at another vocabulary
     plan = _Plan(search, v)
-    pruner = MemoryAwarePruner(optuna.pruners.NopPruner(), memory_limit=prep.pruner.memory_limit,
-                               memory_name=prep.pruner.memory_name, step_unit=config.step_unit)
-    study = optuna.create_study(study_name=validation_name(config.name), storage=storage, sampler=optuna.samplers.RandomSampler(),
-                                pruner=pruner, directions=["minimize"] * len(config.objectives), load_if_exists=True)
+    pruner = MemoryAwarePruner(
+        optuna.pruners.NopPruner(),
+        memory_limit=prep.pruner.memory_limit,
+        memory_name=prep.pruner.memory_name,
+        step_unit=config.step_unit,
+    )
+    study = optuna.create_study(
+        study_name=validation_name(config.name),
+        storage=storage,
+        sampler=optuna.samplers.RandomSampler(),
+        pruner=pruner,
+        directions=["minimize"] * len(config.objectives),
+        load_if_exists=True,
+    )
     check_objectives(study, config)
     name_objective(study, config.objectives)
     study.set_user_attr("source_study", config.name)
@@ -184,14 +237,26 @@ def validation_study(config: StudyConfig, prep: Prepared, storage, v: Validation
     missing = plan.missing(study)
     for source, seed in missing:
         study.enqueue_trial({}, user_attrs={"source_trial": source, "seed": seed})
-    log(f"validation {study.study_name!r}: {len(plan.picks)} configurations x {len(plan.seeds)} seeds {plan.seeds}; "
-        f"{len(plan.needed) - len(missing)} pairs done or under way, {len(missing)} enqueued")
+    log(
+        f"validation {study.study_name!r}: {len(plan.picks)} configurations x {len(plan.seeds)} seeds {plan.seeds}; "
+        f"{len(plan.needed) - len(missing)} pairs done or under way, {len(missing)} enqueued"
+    )
     return study, plan
 
 
-def run_validation(config: StudyConfig, *, top: int | None = None, seeds: int | None = None, dataset: str | None = None,
-                   artifacts=None, progress: bool = True, workers: int = 1, threads: int | None = None, cache_dir=None,
-                   log=None) -> RunSummary:
+def run_validation(
+    config: StudyConfig,
+    *,
+    top: int | None = None,
+    seeds: int | None = None,
+    dataset: str | None = None,
+    artifacts=None,
+    progress: bool = True,
+    workers: int = 1,
+    threads: int | None = None,
+    cache_dir=None,
+    log=None,
+) -> RunSummary:
     """Retrain the selected configurations with fresh seeds until every pair is finished (or interrupted)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     v = resolve(config, top=top, seeds=seeds)
@@ -205,12 +270,24 @@ def run_validation(config: StudyConfig, *, top: int | None = None, seeds: int | 
         total = plan.total(study)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         bars = _Bars(study.study_name, total, finished, enabled=progress, log=log)
-        objective = Objective(config, prep.space, prep.pruner, settings, progress=bars, propose=_Retrain(plan, dataset), reuse=False)
-        return drive(study, storage, objective, bars, total=total, timeout_s=None, log=log, t_start=t_start, cores=cores)
+        objective = Objective(
+            config, prep.space, prep.pruner, settings, progress=bars, propose=_Retrain(plan, dataset), reuse=False
+        )
+        return drive(
+            study, storage, objective, bars, total=total, timeout_s=None, log=log, t_start=t_start, cores=cores
+        )
 
 
-def enqueue_validation(config: StudyConfig, *, top: int | None = None, seeds: int | None = None, dataset: str | None = None,
-                       workers: int = 1, cache_dir=None, log=None) -> None:
+def enqueue_validation(
+    config: StudyConfig,
+    *,
+    top: int | None = None,
+    seeds: int | None = None,
+    dataset: str | None = None,
+    workers: int = 1,
+    cache_dir=None,
+    log=None,
+) -> None:
     """Create or resume the validation study and enqueue its missing pairs, for a supervisor whose
     workers then only take from the queue (so no two of them enqueue the same pair)."""
     from search._runner import prepare
@@ -220,7 +297,9 @@ def enqueue_validation(config: StudyConfig, *, top: int | None = None, seeds: in
     v = resolve(config, top=top, seeds=seeds)
     with _quiet_optuna():
         config = _with_trial_dataset(config, dataset)
-        storage = make_storage(config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s)
+        storage = make_storage(
+            config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s
+        )
         validation_study(config, prepare(config, workers=workers, cache_dir=cache_dir), storage, v, log=log)
 
 
@@ -235,4 +314,14 @@ def _with_trial_dataset(config: StudyConfig, dataset: str | None) -> StudyConfig
     return config
 
 
-__all__ = ["run_validation", "enqueue_validation", "check_flags", "select_configs", "validation_seeds", "stored_config", "resolve", "validation_study", "Pick"]
+__all__ = [
+    "run_validation",
+    "enqueue_validation",
+    "check_flags",
+    "select_configs",
+    "validation_seeds",
+    "stored_config",
+    "resolve",
+    "validation_study",
+    "Pick",
+]

@@ -5,6 +5,7 @@ stored as its intermediate values (through the storage: `Trial.report` refuses a
 study). Optuna's pruners and TPE's ranking of pruned trials read `study.direction`, which a
 multi-objective study refuses; these views answer it for that curve: minimize.
 """
+
 from __future__ import annotations
 
 import optuna

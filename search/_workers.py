@@ -9,6 +9,7 @@ race waits for the trials ahead of it: it trains if one of them fails, and close
 reason `surplus` if they fill the study. A dead worker's RUNNING trial stops holding a slot once
 its heartbeat is older than the grace period: whoever waits fails it and queues its retry.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -43,8 +44,15 @@ def _rank(t: FrozenTrial) -> tuple[int, int]:
 class TrialSlots:
     """Keeps a study's finished trials at exactly `total` however many workers share it."""
 
-    def __init__(self, total: int, *, deadline: float | None = None, poll_s: float = POLL_S, log: Callable[[str], None] | None = None,
-                 check: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        deadline: float | None = None,
+        poll_s: float = POLL_S,
+        log: Callable[[str], None] | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> None:
         if total < 1:
             raise ValueError(f"total must be a positive integer, but got {total=}.")
         self.total = total
@@ -68,8 +76,10 @@ class TrialSlots:
             if any(t.state == TrialState.WAITING for t in trials) or finished + running < self.total:
                 return True
             if not told:
-                self.log(f"waiting: the last {self.total - finished} of {self.total} trials are running in other workers; "
-                         f"a dead worker's trial is failed and retried once its heartbeat is stale")
+                self.log(
+                    f"waiting: the last {self.total - finished} of {self.total} trials are running in other workers; "
+                    f"a dead worker's trial is failed and retried once its heartbeat is stale"
+                )
                 told = True
             time.sleep(self.poll_s)
 
@@ -146,7 +156,9 @@ def run_workers(argv: list[str], workers: int, *, log: Callable[[str], None], co
         for i in range(workers):
             cmd = [sys.executable, script, command, *argv, "--worker-index", str(i)]
             procs.append(subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent))
-        log(f"started {workers} workers (pids {', '.join(str(p.pid) for p in procs)}); each claims its cores and says how many threads it got")
+        log(
+            f"started {workers} workers (pids {', '.join(str(p.pid) for p in procs)}); each claims its cores and says how many threads it got"
+        )
         codes = []
         for p in procs:
             while True:

@@ -1,4 +1,5 @@
 """Helpers for tests that drive `run_search.py` as a user would: real processes, real signals."""
+
 from __future__ import annotations
 
 import os
@@ -18,14 +19,21 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def run_search(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run_search.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "run_search.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def start(*args: str, stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
     """`run_search.py ARGS` in a session of its own, so a signal to its group reaches it and its children only."""
-    return subprocess.Popen([sys.executable, "run_search.py", *args], cwd=REPO, stdout=stdout, stderr=stderr, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "run_search.py", *args],
+        cwd=REPO,
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def trials(url: str, name: str) -> list[FrozenTrial]:
@@ -43,7 +51,9 @@ def wait_for(what: str, predicate: Callable[[], object], *, timeout: float = 180
             return value
         for p in procs:
             if p.poll() is not None:
-                raise AssertionError(f"process {p.args[2:4]} exited with {p.returncode} while waiting for {what}: {p.stderr.read()[-3000:] if p.stderr else ''}")
+                raise AssertionError(
+                    f"process {p.args[2:4]} exited with {p.returncode} while waiting for {what}: {p.stderr.read()[-3000:] if p.stderr else ''}"
+                )
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(poll)
@@ -91,4 +101,6 @@ def assert_consistent(ts: list[FrozenTrial], n_trials: int) -> None:
     numbers = [t.number for t in ts]
     assert sorted(numbers) == list(range(len(ts))), numbers
     assert sum(t.state in FINISHED for t in ts) == n_trials, [(t.number, t.state.name) for t in ts]
-    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)], [(t.number, t.state.name) for t in ts]
+    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)], [
+        (t.number, t.state.name) for t in ts
+    ]

@@ -12,8 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared/data/tinystories"
 CHROMIUM = os.environ.get("MFHA_CHROMIUM", "/usr/bin/chromium")
 # as root Chromium needs --no-sandbox; the rest keep it off the network and quiet
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,16 +90,39 @@ seed = 1
 """
 
 
-def write_tiny_study(folder: Path, dataset: str, name: str = "tiny", *, n_trials: int = 4, steps: int = 30, heartbeat: int = 1,
-                     grace: int = 3, families: tuple[str, ...] = ("uniform",), extra: str = "",
-                     objectives: tuple[str, ...] = ("val_bpc",)) -> Path:
+def write_tiny_study(
+    folder: Path,
+    dataset: str,
+    name: str = "tiny",
+    *,
+    n_trials: int = 4,
+    steps: int = 30,
+    heartbeat: int = 1,
+    grace: int = 3,
+    families: tuple[str, ...] = ("uniform",),
+    extra: str = "",
+    objectives: tuple[str, ...] = ("val_bpc",),
+) -> Path:
     """A study file of tiny models (a trial trains in about a second) in `folder`; a family other than
     uniform needs its [space.FAMILY] table in `extra`. `objectives` beyond val_bpc make it multi-objective,
     with a short cost measurement."""
-    text = TINY_STUDY.format(name=name, n_trials=n_trials, steps=steps, heartbeat=heartbeat, grace=grace,
-                             dataset=dataset, families=json.dumps(list(families))) + extra
+    text = (
+        TINY_STUDY.format(
+            name=name,
+            n_trials=n_trials,
+            steps=steps,
+            heartbeat=heartbeat,
+            grace=grace,
+            dataset=dataset,
+            families=json.dumps(list(families)),
+        )
+        + extra
+    )
     if len(objectives) > 1:
-        text = text.replace("[study]\n", f"[study]\nobjectives = {json.dumps(list(objectives))}\n", 1) + "\n[cost]\nseconds = 0.2\n"
+        text = (
+            text.replace("[study]\n", f"[study]\nobjectives = {json.dumps(list(objectives))}\n", 1)
+            + "\n[cost]\nseconds = 0.2\n"
+        )
     path = folder / f"{name}.toml"
     path.write_text(text)
     return path
@@ -130,8 +160,13 @@ def browser(tmp_path):
         pytest.fail(f"no Chromium at {CHROMIUM}; apt-get install chromium (bash .ci/run does)")
     with sync_api.sync_playwright() as p:
         # a fresh profile per test; headless is Playwright's default and adds --headless
-        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-                                                       args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
         try:
             yield context.new_page()
         finally:
@@ -148,7 +183,9 @@ def postgres_url():
     try:
         admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as e:
-        pytest.fail(f"PostgreSQL does not answer at {PG_ADMIN_DSN!r} ({str(e).strip().splitlines()[0]}); bash .ci/run starts it")
+        pytest.fail(
+            f"PostgreSQL does not answer at {PG_ADMIN_DSN!r} ({str(e).strip().splitlines()[0]}); bash .ci/run starts it"
+        )
     name = f"mfha_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')

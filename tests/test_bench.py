@@ -11,7 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_attention_bench_quick_prints_the_json_line():
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "attention.py"), "--quick", "--threads", "1"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
@@ -23,7 +26,9 @@ def test_attention_bench_quick_prints_the_json_line():
 
 
 def _quick(script: str) -> tuple[list[str], dict]:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     return lines, json.loads(lines[-1])
@@ -45,15 +50,26 @@ def test_overhead_bench_quick_measures_both_parts(tinystories):
     parts = {p["part"]: p for p in map(json.loads, (line for line in lines if line.startswith('{"part')))}
     assert parts["trial_overhead"]["trials"] == 3 and parts["trial_overhead"]["train_s_reference"] > 0
     assert len(parts["suggestion"]["suggest_s"]) == 5 and parts["suggestion"]["finished_trials"] == 200
-    assert result == {"bench": "overhead", "overhead_share": parts["trial_overhead"]["overhead_share"],
-                      "suggest_s_at_200": parts["suggestion"]["suggest_s_median"]}
+    assert result == {
+        "bench": "overhead",
+        "overhead_share": parts["trial_overhead"]["overhead_share"],
+        "suggest_s_at_200": parts["suggestion"]["suggest_s_median"],
+    }
 
 
 @pytest.mark.slow
 def test_winners_curse_bench_quick_checks_the_winner_on_unseen_seeds(tinystories):
     lines, result = _quick("winners_curse.py")
-    assert set(result) == {"bench", "best_search_value", "best_search_validated_mean", "winner", "winner_low", "winner_high",
-                           "further_mean", "inside"}
+    assert set(result) == {
+        "bench",
+        "best_search_value",
+        "best_search_validated_mean",
+        "winner",
+        "winner_low",
+        "winner_high",
+        "further_mean",
+        "inside",
+    }
     assert result["winner_low"] < result["winner_high"]
     assert result["inside"] == (result["winner_low"] <= result["further_mean"] <= result["winner_high"])
     assert any(line.startswith("validated winner") for line in lines)
@@ -63,7 +79,10 @@ def test_winners_curse_bench_quick_checks_the_winner_on_unseen_seeds(tinystories
 def test_cost_stability_bench_quick_measures_three_runs_and_a_rank(tinystories):
     lines, result = _quick("cost_stability.py")
     assert len(result["ratios"]) == len(result["tokens_per_s"]) == len(result["loads"]) == 3
-    for values, spread in ((result["ratios"], result["ratio_spread"]), (result["tokens_per_s"], result["tokens_per_s_spread"])):
+    for values, spread in (
+        (result["ratios"], result["ratio_spread"]),
+        (result["tokens_per_s"], result["tokens_per_s_spread"]),
+    ):
         median = sorted(values)[1]
         assert spread == round(max(abs(v / median - 1) for v in values), 4)
     assert [r["config"] for r in result["rank"]] == ["uniform-1L", "uniform-2L", "uniform-6L"]

@@ -2,6 +2,7 @@
 Chromium (Debian's, driven by Playwright). The study page lists the trials and draws the
 intermediate-value chart; a trial's page lists its artifacts; a multi-objective study's page draws
 its Pareto front with the objectives named. Screenshots land in the test's tmp folder."""
+
 import re
 import subprocess
 import sys
@@ -51,8 +52,14 @@ def test_study_trials_chart_and_artifacts_in_chromium(tmp_path, tiny_study, brow
 
 def test_pareto_front_of_a_multi_objective_study_in_chromium(tmp_path, tiny_study, browser):
     url = f"sqlite:///{tmp_path}/mfha.db"
-    proc = run_search("run", "--study", str(tiny_study("pareto", n_trials=4, objectives=("val_bpc", "train_cost"))),
-                      "--storage", url, "--no-progress")
+    proc = run_search(
+        "run",
+        "--study",
+        str(tiny_study("pareto", n_trials=4, objectives=("val_bpc", "train_cost"))),
+        "--storage",
+        url,
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="pareto", storage=url)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -65,7 +72,9 @@ def test_pareto_front_of_a_multi_objective_study_in_chromium(tmp_path, tiny_stud
         chart.locator("svg.main-svg g.trace").first.wait_for(timeout=30_000)
         assert chart.locator("g.scatterlayer path.point").count() == len(complete)  # one marker per COMPLETE trial
         # the markers drawn as "Best Trial" (plotly keeps the drawn data on the chart's element) are Optuna's best_trials
-        best = chart.evaluate("e => e.data.filter(t => t.hovertemplate.includes('>Best Trial<')).flatMap(t => t.x.map((x, i) => [x, t.y[i]]))")
+        best = chart.evaluate(
+            "e => e.data.filter(t => t.hovertemplate.includes('>Best Trial<')).flatMap(t => t.x.map((x, i) => [x, t.y[i]]))"
+        )
         assert sorted(map(tuple, best)) == front
         # this dashboard's Pareto chart names its axes in the two pickers beside it (its plot has no axis titles)
         for picker, name in (("Objective X:", "val_bpc"), ("Objective Y:", "train_cost")):
@@ -81,8 +90,13 @@ def test_pareto_front_of_a_multi_objective_study_in_chromium(tmp_path, tiny_stud
 def _dashboard(url: str):
     """`run_search.py dashboard` on `url`, answering; yields its home page's address."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "run_search.py", "dashboard", "--storage", url, "--port", str(port)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "run_search.py", "dashboard", "--storage", url, "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for("the dashboard", lambda: _answers(f"http://127.0.0.1:{port}/api/studies"), timeout=60, procs=(server,))
         yield f"http://127.0.0.1:{port}/dashboard"

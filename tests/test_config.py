@@ -38,7 +38,9 @@ def test_kv_heads():
     "cfg",
     [
         ModelConfig(),
-        ModelConfig(vocab_size=99, dim=48, n_layers=2, heads=geometric(16, 4, ratio=2, count=2), mlp_mult=2.5, kv_share=2),
+        ModelConfig(
+            vocab_size=99, dim=48, n_layers=2, heads=geometric(16, 4, ratio=2, count=2), mlp_mult=2.5, kv_share=2
+        ),
         ModelConfig(n_layers=2, heads=[explicit([16, 8, 8]), fractal(32, 3)], rope_base=500.0, init_std=0.01),
     ],
 )
@@ -58,7 +60,9 @@ def test_from_dict_ignores_stale_derived_fields():
 
 
 def test_train_config_json_round_trip(tmp_path):
-    cfg = TrainConfig(dataset="../data", max_train_stories=100, tokenizer_vocab=512, max_time_s=30.0, device="cpu", compile=True)
+    cfg = TrainConfig(
+        dataset="../data", max_train_stories=100, tokenizer_vocab=512, max_time_s=30.0, device="cpu", compile=True
+    )
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     cfg.save(tmp_path / "t.json")
     assert TrainConfig.from_file(tmp_path / "t.json") == cfg
@@ -68,7 +72,10 @@ def test_train_config_json_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        *[({name: 0}, rf"{name} must be a positive integer, but got {name}=0\.") for name in ("vocab_size", "dim", "n_layers", "max_seq_len", "kv_share")],
+        *[
+            ({name: 0}, rf"{name} must be a positive integer, but got {name}=0\.")
+            for name in ("vocab_size", "dim", "n_layers", "max_seq_len", "kv_share")
+        ],
         ({"dim": 64.0}, r"dim must be a positive integer, but got dim=64.0"),
         ({"n_layers": True}, r"n_layers must be a positive integer, but got n_layers=True"),
         ({"mlp_mult": 0}, r"mlp_mult must be a positive number, but got mlp_mult=0"),
@@ -79,9 +86,14 @@ def test_train_config_json_round_trip(tmp_path):
         ({"heads": "4x32"}, r"heads must be a head spec or a list of one spec per layer, but got heads='4x32'"),
         ({"heads": []}, r"heads must be a head spec or a list"),
         ({"heads": {"family": "uniform", "n": 0, "size": 16}}, r"n must be an integer >= 1, but got n=0"),
-        ({"n_layers": 3, "heads": [uniform(2, 16), uniform(4, 8)]}, r"per-layer heads need one spec per layer \(n_layers=3\), but got len\(heads\)=2"),
-        ({"n_layers": 2, "heads": [uniform(2, 16), explicit([16] * 5)], "kv_share": 2},
-         r"kv_share must leave each size group with a whole number of query heads per K/V head, but got kv_share=2 for 5 heads of size 16 in layer 1"),
+        (
+            {"n_layers": 3, "heads": [uniform(2, 16), uniform(4, 8)]},
+            r"per-layer heads need one spec per layer \(n_layers=3\), but got len\(heads\)=2",
+        ),
+        (
+            {"n_layers": 2, "heads": [uniform(2, 16), explicit([16] * 5)], "kv_share": 2},
+            r"kv_share must leave each size group with a whole number of query heads per K/V head, but got kv_share=2 for 5 heads of size 16 in layer 1",
+        ),
     ],
 )
 def test_model_config_validation(kwargs, match):
@@ -92,9 +104,18 @@ def test_model_config_validation(kwargs, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        *[({name: 0}, rf"{name} must be a positive integer, but got {name}=0\.") for name in ("batch_size", "seq_len", "max_steps", "eval_interval", "eval_windows")],
-        *[({name: -1}, rf"{name} must be positive or null, but got {name}=-1\.") for name in ("max_train_stories", "max_train_tokens", "max_val_stories", "max_time_s")],
-        ({"tokenizer_vocab": 4}, r"tokenizer_vocab must be null \(character level\) or an integer in \[8, 65536\], but got tokenizer_vocab=4"),
+        *[
+            ({name: 0}, rf"{name} must be a positive integer, but got {name}=0\.")
+            for name in ("batch_size", "seq_len", "max_steps", "eval_interval", "eval_windows")
+        ],
+        *[
+            ({name: -1}, rf"{name} must be positive or null, but got {name}=-1\.")
+            for name in ("max_train_stories", "max_train_tokens", "max_val_stories", "max_time_s")
+        ],
+        (
+            {"tokenizer_vocab": 4},
+            r"tokenizer_vocab must be null \(character level\) or an integer in \[8, 65536\], but got tokenizer_vocab=4",
+        ),
         ({"tokenizer_vocab": 70000}, r"tokenizer_vocab must be null .* but got tokenizer_vocab=70000"),
         ({"warmup_steps": -1}, r"warmup_steps must be an integer >= 0, but got warmup_steps=-1"),
         ({"lr": 0}, r"lr must be positive, but got lr=0"),
@@ -116,7 +137,10 @@ def test_train_config_validation(kwargs, match):
 
 @pytest.mark.parametrize("cls", [ModelConfig, TrainConfig])
 def test_loading_errors(cls, tmp_path):
-    with pytest.raises(ConfigError, match=rf"unknown {cls.__name__} field 'sed'; did you mean 'seed'\?|unknown {cls.__name__} field 'sed'; known fields: "):
+    with pytest.raises(
+        ConfigError,
+        match=rf"unknown {cls.__name__} field 'sed'; did you mean 'seed'\?|unknown {cls.__name__} field 'sed'; known fields: ",
+    ):
         cls.from_dict({"sed": 1})
     with pytest.raises(ConfigError, match=rf"{cls.__name__} must be a JSON object, but got list"):
         cls.from_dict([])
@@ -135,6 +159,11 @@ def test_unknown_model_field_suggests_the_near_name():
 
 
 def test_heads_from_json_become_specs():
-    cfg = ModelConfig.from_dict({"n_layers": 2, "heads": [{"family": "fractal", "base": 32, "levels": 2}, {"family": "explicit", "sizes": [8, 16]}]})
+    cfg = ModelConfig.from_dict(
+        {
+            "n_layers": 2,
+            "heads": [{"family": "fractal", "base": 32, "levels": 2}, {"family": "explicit", "sizes": [8, 16]}],
+        }
+    )
     assert all(isinstance(h, HeadSpec) for h in cfg.layer_heads)
     assert cfg.layer_heads[1].sizes == [16, 8]

@@ -1,4 +1,5 @@
 """mfha.cost: a model's cost as a ratio to the fixed reference model timed beside it."""
+
 import pytest
 import torch
 
@@ -51,11 +52,14 @@ def test_a_short_model_decodes_past_its_context():
     assert measure_cost(short, TrainConfig(batch_size=2, seq_len=16), "decode", seconds=0.1).ratio > 0
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"kind": "infer"}, r"kind must be one of train, decode, but got kind='infer'\."),
-    ({"kind": "train", "seconds": 0}, r"seconds must be a positive number, but got seconds=0\."),
-    ({"kind": "train", "min_rounds": 0}, r"min_rounds must be a positive integer, but got min_rounds=0\."),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"kind": "infer"}, r"kind must be one of train, decode, but got kind='infer'\."),
+        ({"kind": "train", "seconds": 0}, r"seconds must be a positive number, but got seconds=0\."),
+        ({"kind": "train", "min_rounds": 0}, r"min_rounds must be a positive integer, but got min_rounds=0\."),
+    ],
+)
 def test_arguments_are_checked_up_front(kw, message):
     with pytest.raises(ValueError, match=message):
         measure_cost(REFERENCE, TrainConfig(), **kw)

@@ -200,8 +200,14 @@ def test_unreachable_hub_probe_does_not_wait_for_retries(tmp_path):
         "try:\n    load_data(TrainConfig(dataset='nobody-here/not-a-dataset'), cache_dir=%r)\n"
         "except DataError as e:\n    print(time.perf_counter() - t0, e)\n" % str(tmp_path)
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1],
-                         capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     elapsed, _, message = out.stdout.partition(" ")
     assert message.startswith("cannot reach the Hugging Face Hub for --dataset nobody-here/not-a-dataset;"), out.stderr
     assert float(elapsed) < 10
@@ -241,7 +247,9 @@ def test_a_bounded_hub_slice_is_streamed_once_then_read_from_the_cache(tinystori
     assert opened == [True]
     assert first.tokenizer.decode(first.val) == "".join(t + "<eos>" for t in _texts(tinystories, "validation")[:3])
     # another tokenizer size needs the text again: it comes from the kept rows, not the network
-    bpe = load_data(_cfg("roneneldan/TinyStories", max_train_stories=12, max_val_stories=3, tokenizer_vocab=340), cache_dir=tmp_path)
+    bpe = load_data(
+        _cfg("roneneldan/TinyStories", max_train_stories=12, max_val_stories=3, tokenizer_vocab=340), cache_dir=tmp_path
+    )
     assert opened == [True] and not bpe.cached
     assert bpe.tokenizer.decode(bpe.train) == first.tokenizer.decode(first.train)
     load_data(_cfg("roneneldan/TinyStories", max_val_stories=3), cache_dir=tmp_path / "unbounded")
@@ -264,7 +272,11 @@ def test_loading_prints_no_third_party_noise(tmp_path, capfd):
     assert d.tokenizer.decode(d.val) == "a held-out story.<eos>" * 5
     assert "Repo card metadata" not in err and "Generating" not in err and "tokenizing" not in err, err
     assert err == "", err
-    assert (datasets.logging.get_verbosity(), hub_logging.get_verbosity(), datasets.are_progress_bars_disabled()) == levels
+    assert (
+        datasets.logging.get_verbosity(),
+        hub_logging.get_verbosity(),
+        datasets.are_progress_bars_disabled(),
+    ) == levels
 
 
 def test_a_relative_path_missing_here_is_looked_up_in_the_repository(tmp_path, monkeypatch):

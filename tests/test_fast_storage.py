@@ -1,4 +1,5 @@
 """The Core-based bulk read gives exactly the trials Optuna's ORM read gives, and is faster."""
+
 import math
 import time
 
@@ -15,17 +16,25 @@ from search._fast_storage import FastReadRDBStorage
 def url(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     study = optuna.create_study(study_name="s", storage=url)
-    dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "n": IntDistribution(1, 9, step=2),
-             "family": CategoricalDistribution(["uniform", "fractal", None])}
+    dists = {
+        "lr": FloatDistribution(1e-4, 1e-1, log=True),
+        "n": IntDistribution(1, 9, step=2),
+        "family": CategoricalDistribution(["uniform", "fractal", None]),
+    }
     for i in range(40):
         state = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL][i % 3]
         value = (math.inf if i == 3 else 0.5 + i) if state == TrialState.COMPLETE else None
-        study.add_trial(create_trial(
-            state=state, value=value, params={"lr": 10 ** -(1 + i % 3), "n": 1 + 2 * (i % 5), "family": [None, "fractal"][i % 2]},
-            distributions=dists, user_attrs={"heads": "1x64 2x32", "cfg": {"dim": i, "heads": [{"n": 1}]}, "none": None},
-            system_attrs={"artifacts:x": '{"filename": "a.png"}'},
-            intermediate_values={10: 1.0 + i, 20: math.nan if i == 5 else 0.5, 30: -math.inf if i == 7 else 0.1},
-        ))
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=value,
+                params={"lr": 10 ** -(1 + i % 3), "n": 1 + 2 * (i % 5), "family": [None, "fractal"][i % 2]},
+                distributions=dists,
+                user_attrs={"heads": "1x64 2x32", "cfg": {"dim": i, "heads": [{"n": 1}]}, "none": None},
+                system_attrs={"artifacts:x": '{"filename": "a.png"}'},
+                intermediate_values={10: 1.0 + i, 20: math.nan if i == 5 else 0.5, 30: -math.inf if i == 7 else 0.1},
+            )
+        )
     running = study.ask()
     running.suggest_float("lr", 1e-4, 1e-1, log=True)
     running.report(2.0, 10)
@@ -33,9 +42,15 @@ def url(tmp_path):
     return url
 
 
-@pytest.mark.parametrize("states,included,greater", [
-    (None, set(), -1), ((TrialState.COMPLETE,), set(), -1), (None, {2, 5, 41}, 20), ((TrialState.RUNNING, TrialState.WAITING), set(), -1),
-])
+@pytest.mark.parametrize(
+    "states,included,greater",
+    [
+        (None, set(), -1),
+        ((TrialState.COMPLETE,), set(), -1),
+        (None, {2, 5, 41}, 20),
+        ((TrialState.RUNNING, TrialState.WAITING), set(), -1),
+    ],
+)
 def test_the_same_trials_as_optunas_read(url, states, included, greater):
     ours, theirs = FastReadRDBStorage(url), RDBStorage(url)
     sid = theirs.get_study_id_from_name("s")

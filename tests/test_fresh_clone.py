@@ -1,4 +1,5 @@
 """The README's first command on a fresh clone: no network, no ../shared beside the repository."""
+
 import os
 import shutil
 import subprocess
@@ -15,8 +16,13 @@ pytestmark = pytest.mark.slow
 
 def copy_of_the_working_tree(dest):
     """What a clone of this tree would hold: tracked files and new files git does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for name in filter(None, listed.split("\0")):
         src = REPO / name
         if src.is_file():  # a tracked file deleted in the working tree is not copied
@@ -30,11 +36,22 @@ def test_the_first_command_completes_the_smoke_study_offline(tmp_path):
     assert not (tmp_path / "shared").exists()
     url = f"sqlite:///{tmp_path}/mfha.db"
     # empty caches, as on a new machine; HF_HUB_OFFLINE as without a network
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets"),
-           "MFHA_CACHE": str(tmp_path / "mfha-cache")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets"),
+        "MFHA_CACHE": str(tmp_path / "mfha-cache"),
+    }
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "run_search.py", "run", "--storage", url], cwd=repo, capture_output=True, text=True,
-                          timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "run_search.py", "run", "--storage", url],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-6000:]

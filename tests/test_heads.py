@@ -39,8 +39,14 @@ def test_defaults_are_filled_and_kept_in_the_dict():
 
 @pytest.mark.parametrize(
     "spec",
-    [uniform(3, 16), fractal(64, 3), fractal(36, 3, split=3), geometric(32, 8, width=64),
-     geometric(64, 16, ratio=4, count=2), explicit([8, 32, 8])],
+    [
+        uniform(3, 16),
+        fractal(64, 3),
+        fractal(36, 3, split=3),
+        geometric(32, 8, width=64),
+        geometric(64, 16, ratio=4, count=2),
+        explicit([8, 32, 8]),
+    ],
 )
 def test_dict_round_trip(spec):
     d = spec.to_dict()
@@ -53,15 +59,23 @@ def test_dict_round_trip(spec):
 
 
 def test_every_family_has_a_constructor():
-    assert {uniform(1, 8).family, fractal(8, 1).family, geometric(8, 8, count=1).family, explicit([8]).family} == set(HEAD_FAMILIES)
+    assert {uniform(1, 8).family, fractal(8, 1).family, geometric(8, 8, count=1).family, explicit([8]).family} == set(
+        HEAD_FAMILIES
+    )
 
 
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: HeadSpec("ring", n=2), r"head family must be one of uniform, fractal, geometric, explicit, but got family='ring'"),
+        (
+            lambda: HeadSpec("ring", n=2),
+            r"head family must be one of uniform, fractal, geometric, explicit, but got family='ring'",
+        ),
         (lambda: HeadSpec("uniform", n=2, size=16, base=32), r"uniform heads take n, size, but got base=32\.$"),
-        (lambda: HeadSpec("fractal", base=32, levels=2, sizes=[32, 16]), r"sizes do not match the fractal spec, which gives \[32, 16, 16\]"),
+        (
+            lambda: HeadSpec("fractal", base=32, levels=2, sizes=[32, 16]),
+            r"sizes do not match the fractal spec, which gives \[32, 16, 16\]",
+        ),
         (lambda: uniform(2, 7), r"every head size must be an even integer >= 4 \(RoPE rotates pairs\), but got size=7"),
         (lambda: uniform(2, 2), r"every head size must be an even integer >= 4 .*but got size=2 in uniform"),
         (lambda: explicit([16, 8.0]), r"every head size must be an even integer >= 4 .*but got size=8.0 in explicit"),
@@ -79,16 +93,31 @@ def test_every_family_has_a_constructor():
         (lambda: geometric(16, 32, count=1), r"geometric smallest must be <= largest=16, but got smallest=32"),
         (lambda: geometric(32, 8), r"geometric heads need exactly one of count .* but got count=None, width=None"),
         (lambda: geometric(32, 8, count=1, width=64), r"exactly one of count .* but got count=1, width=64"),
-        (lambda: geometric(48, 10, count=1), r"must fall from largest=48 to smallest by exact division by ratio=2, but got smallest=10 \(reachable: \[48, 24, 12\]\)"),
-        (lambda: geometric(20, 4, count=1), r"must fall from largest=20 .* but got smallest=4 \(reachable: \[20, 10, 5\]\)"),
+        (
+            lambda: geometric(48, 10, count=1),
+            r"must fall from largest=48 to smallest by exact division by ratio=2, but got smallest=10 \(reachable: \[48, 24, 12\]\)",
+        ),
+        (
+            lambda: geometric(20, 4, count=1),
+            r"must fall from largest=20 .* but got smallest=4 \(reachable: \[20, 10, 5\]\)",
+        ),
         (lambda: geometric(32, 8, count=0), r"count must be an integer >= 1, but got count=0"),
         (lambda: geometric(32, 8, width=0), r"width must be an integer >= 1, but got width=0"),
-        (lambda: geometric(32, 8, width=48), r"geometric width must be divisible by every level size, but got width=48 and size 32"),
+        (
+            lambda: geometric(32, 8, width=48),
+            r"geometric width must be divisible by every level size, but got width=48 and size 32",
+        ),
         (lambda: explicit([]), r"explicit heads need a non-empty list of sizes, but got sizes=\[\]"),
-        (lambda: HeadSpec("explicit", sizes="16 8"), r"explicit heads need a non-empty list of sizes, but got sizes='16 8'"),
+        (
+            lambda: HeadSpec("explicit", sizes="16 8"),
+            r"explicit heads need a non-empty list of sizes, but got sizes='16 8'",
+        ),
         (lambda: HeadSpec.from_dict([16, 8]), r"a head spec must be a table with a 'family' key, but got \[16, 8\]"),
         (lambda: HeadSpec.from_dict({"n": 2, "size": 8}), r"a head spec must be a table with a 'family' key"),
-        (lambda: HeadSpec.from_dict({"family": "uniform", "n": 2, "sizes": [8, 8], "levels": 2}), r"unknown head-spec key 'levels' for family 'uniform'; allowed: n, size"),
+        (
+            lambda: HeadSpec.from_dict({"family": "uniform", "n": 2, "sizes": [8, 8], "levels": 2}),
+            r"unknown head-spec key 'levels' for family 'uniform'; allowed: n, size",
+        ),
     ],
 )
 def test_validation(make, match):

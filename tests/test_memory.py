@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from mfha import (
-    GPT, ConfigError, ModelConfig, TrainConfig, count_parameters, estimate_training_peak, explicit, fractal, geometric,
-    measure_training_peak, uniform,
+    GPT,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    count_parameters,
+    estimate_training_peak,
+    explicit,
+    fractal,
+    geometric,
+    measure_training_peak,
+    uniform,
 )
 from mfha.memory import _param_tensors, _rope_tensors, _total, forecast_parts
 
@@ -25,7 +34,9 @@ def model(**kw) -> ModelConfig:
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_forecast_grows_with_batch_seq_depth_vocab(device):
     def peak(mc=None, **tc):
-        return estimate_training_peak(mc or model(), TrainConfig(**{"batch_size": 4, "seq_len": 64, **tc}), device, baseline_bytes=0)
+        return estimate_training_peak(
+            mc or model(), TrainConfig(**{"batch_size": 4, "seq_len": 64, **tc}), device, baseline_bytes=0
+        )
 
     assert peak(batch_size=2) < peak(batch_size=4) < peak(batch_size=8)
     assert peak(seq_len=32) < peak(seq_len=64) < peak(seq_len=128)
@@ -43,11 +54,14 @@ def test_forecast_parts_add_up_and_baseline_counts_once():
     assert forecast_parts(mc, tc, "cuda")["baseline"] == 0  # max_memory_allocated has no process baseline
 
 
-@pytest.mark.parametrize("mc", [
-    model(),
-    model(heads=[uniform(2, 16), explicit([16, 8, 8])], kv_share=2),
-    model(vocab_size=1000, dim=48, n_layers=3, heads=geometric(32, 8, width=32), mlp_mult=3.0),
-])
+@pytest.mark.parametrize(
+    "mc",
+    [
+        model(),
+        model(heads=[uniform(2, 16), explicit([16, 8, 8])], kv_share=2),
+        model(vocab_size=1000, dim=48, n_layers=3, heads=geometric(32, 8, width=32), mlp_mult=3.0),
+    ],
+)
 def test_weight_terms_match_the_built_model(mc):
     built = GPT(mc)
     assert _total(_param_tensors(mc)) == count_parameters(mc) == sum(p.numel() for p in built.parameters())
@@ -97,7 +111,11 @@ def test_forecast_within_band_of_measured_big_activations():
 @pytest.mark.slow
 def test_bench_quick_prints_the_json_line():
     proc = subprocess.run(
-        [sys.executable, "bench/memory.py", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, "bench/memory.py", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -112,7 +130,10 @@ def test_bench_trials_quick_compares_real_trial_processes(tinystories):
     # more than 5% under
     proc = subprocess.run(
         [sys.executable, "bench/memory.py", "--trials", "--quick", "--dataset", tinystories],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()

@@ -73,7 +73,10 @@ def test_count_parameters_by_hand():
     per_layer = 2 * 32 + 32 * 192 + 64 * 32 + 3 * 32 * 88
     assert count_parameters(cfg) == 100 * 32 + 32 + 2 * per_layer
     # kv_share=2: the 2x16 group keeps one K/V head, so K and V lose 16 columns each
-    assert count_parameters(ModelConfig(vocab_size=100, dim=32, n_layers=2, heads=fractal(32, 2), kv_share=2)) == count_parameters(cfg) - 2 * 2 * 16 * 32
+    assert (
+        count_parameters(ModelConfig(vocab_size=100, dim=32, n_layers=2, heads=fractal(32, 2), kv_share=2))
+        == count_parameters(cfg) - 2 * 2 * 16 * 32
+    )
 
 
 def rope(x: torch.Tensor, base: float) -> torch.Tensor:
@@ -114,8 +117,8 @@ def per_head_reference(x, w_qkv, w_proj, groups, base):
     for hs, n, n_kv in groups:
         for j in range(n):
             kv = kv_off + (j // (n // n_kv)) * hs
-            qh = q[:, None, :, q_off + j * hs:q_off + (j + 1) * hs]
-            kh, vh = k[:, None, :, kv:kv + hs], v[:, None, :, kv:kv + hs]
+            qh = q[:, None, :, q_off + j * hs : q_off + (j + 1) * hs]
+            kh, vh = k[:, None, :, kv : kv + hs], v[:, None, :, kv : kv + hs]
             outs.append(causal_softmax_attention(rope(qh, base), rope(kh, base), vh)[:, 0])
         q_off += n * hs
         kv_off += n_kv * hs

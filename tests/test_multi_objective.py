@@ -1,6 +1,7 @@
 """Quality against speed through the real CLI: a study minimizing val_bpc and train_cost, lagging-loss
 pruning on the bits/char curve, validation of both objectives, and export of the Pareto front or of
 the best trial under a cost limit."""
+
 import json
 import re
 
@@ -30,7 +31,7 @@ families = false
 def mo(tmp_path_factory, tinystories):
     folder = tmp_path_factory.mktemp("mo")
     path = token_study(folder, tinystories, "mo", tokens=8_192, eval_tokens=2_048, n_trials=7, extra=EXTRA)
-    text = path.read_text().replace('n_trials = 7', 'n_trials = 7\nobjectives = ["val_bpc", "train_cost"]')
+    text = path.read_text().replace("n_trials = 7", 'n_trials = 7\nobjectives = ["val_bpc", "train_cost"]')
     # a pruner that prunes almost anything behind the best, so the run shows pruning at work; TPE past
     # its startup trials, which ranks those pruned trials by their (val_bpc) curves
     text = text.replace('pruner = "none"', 'pruner = "percentile"\npercentile = 1.0\nstartup_trials = 0')
@@ -38,8 +39,14 @@ def mo(tmp_path_factory, tinystories):
     url = f"sqlite:///{folder}/mfha.db"
     proc = run_search("run", "--study", str(path), "--storage", url, "--no-progress", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"url": url, "path": path, "proc": proc, "folder": folder, "search": trials(url, "mo"),
-            "validation": trials(url, "mo.validation")}
+    return {
+        "url": url,
+        "path": path,
+        "proc": proc,
+        "folder": folder,
+        "search": trials(url, "mo"),
+        "validation": trials(url, "mo.validation"),
+    }
 
 
 def test_the_study_minimizes_both_objectives_by_name(mo):
@@ -47,7 +54,9 @@ def test_the_study_minimizes_both_objectives_by_name(mo):
         study = optuna.load_study(study_name=name, storage=mo["url"])
         assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
         assert study.metric_names == ["val_bpc", "train_cost"]
-    assert re.search(r"best val_bpc \d\.\d{4} \(trial \d+\); \d+ trials on the Pareto front", mo["proc"].stdout), mo["proc"].stdout
+    assert re.search(r"best val_bpc \d\.\d{4} \(trial \d+\); \d+ trials on the Pareto front", mo["proc"].stdout), mo[
+        "proc"
+    ].stdout
 
 
 def test_each_complete_trial_holds_its_cost_ratio_with_the_raw_speeds_beside_it(mo):
@@ -96,11 +105,18 @@ def test_show_has_a_column_per_cost(mo):
 def test_resuming_with_other_objectives_is_one_line_and_changes_nothing(mo):
     before = [(t.number, t.state, t.values) for t in trials(mo["url"], "mo")]
     path = mo["folder"] / "mo-single.toml"
-    path.write_text(mo["path"].read_text().replace('objectives = ["val_bpc", "train_cost"]\n', "").replace("[cost]\nseconds = 0.2\n", ""))
+    path.write_text(
+        mo["path"]
+        .read_text()
+        .replace('objectives = ["val_bpc", "train_cost"]\n', "")
+        .replace("[cost]\nseconds = 0.2\n", "")
+    )
     proc = run_search("run", "--study", str(path), "--storage", mo["url"], "--no-progress")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert (f"error: study 'mo' in {mo['url']} minimizes ['val_bpc', 'train_cost'], but study.objectives is ['val_bpc']; "
-            "pick another study.name, or run it with the study file it was made with.") in proc.stderr.splitlines()
+    assert (
+        f"error: study 'mo' in {mo['url']} minimizes ['val_bpc', 'train_cost'], but study.objectives is ['val_bpc']; "
+        "pick another study.name, or run it with the study file it was made with."
+    ) in proc.stderr.splitlines()
     assert [(t.number, t.state, t.values) for t in trials(mo["url"], "mo")] == before
 
 
@@ -116,8 +132,14 @@ def known(mo):
     study = optuna.create_study(study_name="known", storage=mo["url"], directions=["minimize", "minimize"])
     name_objective(study, ["val_bpc", "train_cost"])
     for bpc, cost in KNOWN:
-        study.add_trial(create_trial(values=[bpc, cost], params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-3, 1e-1)},
-                                     user_attrs={**source.user_attrs, "train_cost": cost}))
+        study.add_trial(
+            create_trial(
+                values=[bpc, cost],
+                params={"lr": 0.01},
+                distributions={"lr": FloatDistribution(1e-3, 1e-1)},
+                user_attrs={**source.user_attrs, "train_cost": cost},
+            )
+        )
     return mo["url"]
 
 
@@ -129,13 +151,20 @@ def test_max_cost_exports_the_best_val_bpc_within_the_limit(known, tmp_path, lim
     record = json.loads((out / "trial.json").read_text())
     assert record["number"] == expected
     assert record["values"] == {"val_bpc": KNOWN[expected][0], "train_cost": KNOWN[expected][1]}
-    assert f"exported trial {expected} (val_bpc {KNOWN[expected][0]:.4f}, train_cost {KNOWN[expected][1]:.3f})" in proc.stdout
+    assert (
+        f"exported trial {expected} (val_bpc {KNOWN[expected][0]:.4f}, train_cost {KNOWN[expected][1]:.3f})"
+        in proc.stdout
+    )
 
 
 def test_max_cost_below_every_trial_is_one_line(known, tmp_path):
-    proc = run_search("export", "--study", "known", "--storage", known, "--max-cost", "0.4", "--out", str(tmp_path / "x"))
+    proc = run_search(
+        "export", "--study", "known", "--storage", known, "--max-cost", "0.4", "--out", str(tmp_path / "x")
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == ("error: no COMPLETE trial has train_cost <= 0.4 (the cheapest, trial 3, has 0.500); raise --max-cost.")
+    assert proc.stderr.strip() == (
+        "error: no COMPLETE trial has train_cost <= 0.4 (the cheapest, trial 3, has 0.500); raise --max-cost."
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -151,16 +180,27 @@ def test_pareto_writes_exactly_the_front(known, tmp_path):
         assert (tmp_path / "front" / f"pareto{i + 1}-trial{n}" / "model_config.json").is_file()
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--pareto"], r"--pareto needs a study with a cost objective .*but study 'single' minimizes val_bpc alone"),
-    (["--max-cost", "1"], r"--max-cost needs a study with a cost objective"),
-    (["--max-cost", "0"], r"--max-cost must be a positive number \(a cost ratio, 1.0 = the reference model\), but got max_cost=0.0\."),
-    (["--max-cost", "1", "--cost", "decode_cost"], r"--cost must be one of the study's costs \(train_cost\), but got --cost 'decode_cost'\."),
-    (["--cost", "train_cost"], r"--cost names the cost that --max-cost limits; pass --max-cost too"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--pareto"], r"--pareto needs a study with a cost objective .*but study 'single' minimizes val_bpc alone"),
+        (["--max-cost", "1"], r"--max-cost needs a study with a cost objective"),
+        (
+            ["--max-cost", "0"],
+            r"--max-cost must be a positive number \(a cost ratio, 1.0 = the reference model\), but got max_cost=0.0\.",
+        ),
+        (
+            ["--max-cost", "1", "--cost", "decode_cost"],
+            r"--cost must be one of the study's costs \(train_cost\), but got --cost 'decode_cost'\.",
+        ),
+        (["--cost", "train_cost"], r"--cost names the cost that --max-cost limits; pass --max-cost too"),
+    ],
+)
 def test_export_flag_mistakes_are_one_line(known, tmp_path, flags, message):
     if "single" not in optuna.get_all_study_names(known):
-        optuna.create_study(study_name="single", storage=known).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+        optuna.create_study(study_name="single", storage=known).optimize(
+            lambda t: t.suggest_float("x", 0, 1), n_trials=1
+        )
     name = "single" if "needs a study" in message else "known"
     proc = run_search("export", "--study", name, "--storage", known, *flags, "--out", str(tmp_path / "x"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr

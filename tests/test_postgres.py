@@ -1,5 +1,6 @@
 """Workers on one PostgreSQL study (the server on 127.0.0.1:5432, a database of this test run's own):
 exact counts with three processes, kill -9 recovered by the next run, passwords never shown."""
+
 import json
 import subprocess
 import sys
@@ -10,7 +11,16 @@ import pytest
 from optuna.trial import TrialState
 
 from tests._cli import (
-    FINISHED, REPO, assert_consistent, free_port, kill_group, run_search, start, trials, training_trial, wait_for,
+    FINISHED,
+    REPO,
+    assert_consistent,
+    free_port,
+    kill_group,
+    run_search,
+    start,
+    trials,
+    training_trial,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -61,7 +71,9 @@ def test_a_storage_password_never_shows(postgres_url, tiny_study, tmp_path):
     # the local server trusts loopback connections, so any password is accepted and must still be hidden
     url = postgres_url.replace("postgres@", f"postgres:{secret}@")
     study = tiny_study("secret", n_trials=1, steps=10)
-    proc = run_search("run", "--study", str(study), "--storage", url, "--no-progress", "--artifacts", str(tmp_path / "art"))
+    proc = run_search(
+        "run", "--study", str(study), "--storage", url, "--no-progress", "--artifacts", str(tmp_path / "art")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert secret not in proc.stdout + proc.stderr
     assert "postgres:***@" in proc.stdout + proc.stderr
@@ -72,9 +84,23 @@ def test_a_storage_password_never_shows(postgres_url, tiny_study, tmp_path):
     assert wrong.returncode == 1 and secret not in wrong.stderr and "postgres:***@" in wrong.stderr
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "run_search.py", "dashboard", "--storage", url, "--port", str(port),
-                               "--artifacts", str(tmp_path / "art")], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "run_search.py",
+            "dashboard",
+            "--storage",
+            url,
+            "--port",
+            str(port),
+            "--artifacts",
+            str(tmp_path / "art"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         studies = wait_for("the dashboard", lambda: _get(f"{base}/api/studies"), timeout=60, procs=(server,))

@@ -2,6 +2,7 @@
 validated once for the module: its Pareto front is Optuna's, its validated costs are plain means over
 the validation trials, the page draws the front with both objectives on its axes, and the summary
 states the cost beside the verdict."""
+
 import math
 import re
 import statistics
@@ -21,7 +22,9 @@ OBJECTIVES = ("val_bpc", "train_cost")
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory, tinystories):
     folder = tmp_path_factory.mktemp("report-pareto")
-    study = write_tiny_study(folder, tinystories, "tiny", n_trials=6, families=("uniform", "fractal"), extra=FRACTAL, objectives=OBJECTIVES)
+    study = write_tiny_study(
+        folder, tinystories, "tiny", n_trials=6, families=("uniform", "fractal"), extra=FRACTAL, objectives=OBJECTIVES
+    )
     return search_validate_report(folder, study)
 
 
@@ -55,7 +58,9 @@ def test_validated_costs_are_plain_means_over_the_validation_trials(reported):
         assert (c["mean"], c["low"], c["high"]) == pytest.approx(expected[r["source_trial"]], rel=1e-9), r
     for family in facts["families"]:
         if family["validated_trial"] is not None:
-            assert family["costs"]["train_cost"]["validated"]["mean"] == pytest.approx(expected[family["validated_trial"]][0], rel=1e-9)
+            assert family["costs"]["train_cost"]["validated"]["mean"] == pytest.approx(
+                expected[family["validated_trial"]][0], rel=1e-9
+            )
     v = facts["verdict"]
     for side in ("mixed", "uniform"):
         assert v["costs"]["train_cost"][side]["mean"] == pytest.approx(expected[v[side]["source_trial"]][0], rel=1e-9)
@@ -77,11 +82,21 @@ def test_summary_states_the_cost_beside_the_verdict(reported):
     v = reported.facts["verdict"]
     cost = v["costs"]["train_cost"]
     assert v["status"] in ("mixed", "uniform", "indistinguishable") and "train_cost" not in v["sentence"]
-    assert v["cost_sentence"].startswith("On train_cost (ratio to the fixed reference model's seconds per token; lower is faster")
+    assert v["cost_sentence"].startswith(
+        "On train_cost (ratio to the fixed reference model's seconds per token; lower is faster"
+    )
     assert f"mixed minus uniform is {cost['difference']:+.3f}" in v["cost_sentence"]
-    assert {"mixed": "entirely below 0", "uniform": "entirely above 0", "indistinguishable": "which includes 0"}[cost["status"]] in v["cost_sentence"]
-    assert f"{v['sentence']} {v['cost_sentence']}" in reported.summary  # one paragraph, the cost after the val_bpc verdict
+    assert {"mixed": "entirely below 0", "uniform": "entirely above 0", "indistinguishable": "which includes 0"}[
+        cost["status"]
+    ] in v["cost_sentence"]
+    assert (
+        f"{v['sentence']} {v['cost_sentence']}" in reported.summary
+    )  # one paragraph, the cost after the val_bpc verdict
     assert f"{v['sentence']} {v['cost_sentence']}" in reported.stdout
-    header = next(x for x in reported.summary.splitlines() if x.startswith("| search trial | heads | family | mixed sizes"))
+    header = next(
+        x for x in reported.summary.splitlines() if x.startswith("| search trial | heads | family | mixed sizes")
+    )
     assert "| val_bpc mean ± 95% | train_cost mean ± 95% |" in header
-    assert re.search(r"^\| search trial \| heads \| family \| val_bpc \| train_cost \|$", reported.summary, re.M)  # the Pareto front's table
+    assert re.search(
+        r"^\| search trial \| heads \| family \| val_bpc \| train_cost \|$", reported.summary, re.M
+    )  # the Pareto front's table

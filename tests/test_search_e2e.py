@@ -1,5 +1,6 @@
 """The smoke study end to end through the real CLI: outcomes, Optuna's CLI, show, export and its
 reproduction, the dashboard's HTTP API, and Ctrl-C. The study runs once per module."""
+
 import csv
 import json
 import os
@@ -36,7 +37,9 @@ def smoke(tmp_path_factory, tinystories):
     folder = tmp_path_factory.mktemp("smoke")
     url = f"sqlite:///{folder}/mfha.db"
     t0 = time.perf_counter()
-    proc = run_search("run", "--study", str(SMOKE), "--dataset", tinystories, "--storage", url, "--no-progress", timeout=600)
+    proc = run_search(
+        "run", "--study", str(SMOKE), "--dataset", tinystories, "--storage", url, "--no-progress", timeout=600
+    )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="smoke", storage=url)
@@ -76,8 +79,12 @@ def test_complete_trials_build_inside_the_band(smoke):
 def test_optunas_own_cli_lists_the_trials(smoke):
     exe = shutil.which("optuna", path=str(Path(sys.executable).parent)) or shutil.which("optuna")
     cmd = [exe] if exe else [sys.executable, "-c", "import sys; from optuna.cli import main; sys.exit(main())"]
-    proc = subprocess.run([*cmd, "trials", "--study-name", "smoke", "--storage", smoke["url"], "-f", "json"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*cmd, "trials", "--study-name", "smoke", "--storage", smoke["url"], "-f", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     listed = json.loads(proc.stdout)
     assert len(listed) == len(smoke["study"].trials)
@@ -104,9 +111,17 @@ def test_show_unknown_study_is_one_line(smoke):
 
 def test_export_then_training_reproduces_the_trial(smoke, tmp_path):
     out = tmp_path / "exports" / "smoke"
-    proc = run_search("export", "--study", "smoke", "--storage", smoke["url"], "--out", str(out), "--runs", str(tmp_path / "runs"))
+    proc = run_search(
+        "export", "--study", "smoke", "--storage", smoke["url"], "--out", str(out), "--runs", str(tmp_path / "runs")
+    )
     assert proc.returncode == 0, proc.stderr
-    for name in ("model_config.json", "train_config.json", "tokenizer_settings.json", "trial.json", "trial_train_config.json"):
+    for name in (
+        "model_config.json",
+        "train_config.json",
+        "tokenizer_settings.json",
+        "trial.json",
+        "trial_train_config.json",
+    ):
         assert (out / name).is_file()
     record = json.loads((out / "trial.json").read_text())
     best = smoke["study"].best_trial
@@ -114,7 +129,9 @@ def test_export_then_training_reproduces_the_trial(smoke, tmp_path):
     assert record["intermediate_values"] == {str(k): v for k, v in best.intermediate_values.items()}
     full = json.loads((out / "train_config.json").read_text())
     # [full_training] tokens, in the exported trial's steps
-    assert full["max_steps"] == -(-load_study_file(SMOKE).full_training["tokens"] // (full["batch_size"] * full["seq_len"]))
+    assert full["max_steps"] == -(
+        -load_study_file(SMOKE).full_training["tokens"] // (full["batch_size"] * full["seq_len"])
+    )
     assert f"python -m mfha.train --from {out} --out" in proc.stdout
 
     check = next(line.split(":", 1)[1].strip() for line in proc.stdout.splitlines() if "reproduce the trial:" in line)
@@ -142,8 +159,13 @@ def get_json(url: str):
 
 def test_dashboard_serves_trials_intermediate_values_and_artifacts(smoke):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "run_search.py", "dashboard", "--storage", smoke["url"], "--port", str(port)],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "run_search.py", "dashboard", "--storage", smoke["url"], "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -163,9 +185,16 @@ def test_dashboard_serves_trials_intermediate_values_and_artifacts(smoke):
         assert complete
         t = complete[0]
         assert len(t["intermediate_values"]) >= 2
-        assert {a["filename"] for a in t["artifacts"]} == {"model_config.json", "train_config.json", "metrics.csv", "loss_curve.png"}
+        assert {a["filename"] for a in t["artifacts"]} == {
+            "model_config.json",
+            "train_config.json",
+            "metrics.csv",
+            "loss_curve.png",
+        }
         png = next(a for a in t["artifacts"] if a["filename"] == "loss_curve.png")
-        with urllib.request.urlopen(f"{base}/artifacts/{summary['study_id']}/{t['trial_id']}/{png['artifact_id']}", timeout=10) as r:
+        with urllib.request.urlopen(
+            f"{base}/artifacts/{summary['study_id']}/{t['trial_id']}/{png['artifact_id']}", timeout=10
+        ) as r:
             assert r.read(8) == b"\x89PNG\r\n\x1a\n"
         attrs = {a["key"] for a in t["user_attrs"]}
         assert {"heads", "family", "n_params", "forecast_peak_mib"} <= attrs
@@ -176,8 +205,21 @@ def test_dashboard_serves_trials_intermediate_values_and_artifacts(smoke):
 
 def test_ctrl_c_closes_the_running_trial_and_a_rerun_resumes(tmp_path, tinystories):
     url = f"sqlite:///{tmp_path}/mfha.db"
-    args = [sys.executable, "run_search.py", "run", "--study", str(SMOKE), "--dataset", tinystories, "--storage", url, "--no-progress"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    args = [
+        sys.executable,
+        "run_search.py",
+        "run",
+        "--study",
+        str(SMOKE),
+        "--dataset",
+        tinystories,
+        "--storage",
+        url,
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         training = None
@@ -205,8 +247,19 @@ def test_ctrl_c_closes_the_running_trial_and_a_rerun_resumes(tmp_path, tinystori
 
     # the retry queues behind trials queued before it (the baselines not yet run): room for all of them
     finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
-    again = run_search("run", "--study", str(SMOKE), "--dataset", tinystories, "--storage", url, "--no-progress",
-                       "--n-trials", str(finished + states.count(TrialState.WAITING)), timeout=300)
+    again = run_search(
+        "run",
+        "--study",
+        str(SMOKE),
+        "--dataset",
+        tinystories,
+        "--storage",
+        url,
+        "--no-progress",
+        "--n-trials",
+        str(finished + states.count(TrialState.WAITING)),
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     study = optuna.load_study(study_name="smoke", storage=url)
     retried = [t for t in study.trials if t.user_attrs.get("retry_of") == training]

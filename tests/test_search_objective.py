@@ -20,11 +20,21 @@ def tiny_study(dataset: str, **pruning) -> dict:
         "data": {"dataset": dataset, "max_train_stories": 60, "max_val_stories": 10},
         "budget": {"params": 14_000, "tolerance": 0.2},
         "space": {
-            "depth": {"min": 1, "max": 2}, "width": {"min": 16, "max": 64, "step": 2},
-            "families": ["uniform"], "uniform": {"n": {"min": 1, "max": 2}, "size": [8]},
-            "lr": [3e-3], "batch_size": [8],
+            "depth": {"min": 1, "max": 2},
+            "width": {"min": 16, "max": 64, "step": 2},
+            "families": ["uniform"],
+            "uniform": {"n": {"min": 1, "max": 2}, "size": [8]},
+            "lr": [3e-3],
+            "batch_size": [8],
         },
-        "training": {"max_steps": 20, "seq_len": 32, "eval_interval": 10, "eval_windows": 8, "warmup_steps": 5, "device": "cpu"},
+        "training": {
+            "max_steps": 20,
+            "seq_len": 32,
+            "eval_interval": 10,
+            "eval_windows": 8,
+            "warmup_steps": 5,
+            "device": "cpu",
+        },
         "pruning": {"pruner": "none", **pruning},
         "sampler": {"seed": 0, "startup_trials": 2},
     }
@@ -37,12 +47,21 @@ class Setup:
         if ram_limit is not None:
             self.prep.pruner.memory_limit = ram_limit
         self.storage = make_storage(f"sqlite:///{tmp_path}/s.db")
-        self.study = optuna.create_study(study_name="tiny", storage=self.storage, sampler=self.prep.space.make_sampler(),
-                                         pruner=self.prep.pruner, direction="minimize")
+        self.study = optuna.create_study(
+            study_name="tiny",
+            storage=self.storage,
+            sampler=self.prep.space.make_sampler(),
+            pruner=self.prep.pruner,
+            direction="minimize",
+        )
         self.settings = TrialSettings(
-            cache_dir=self.prep.cache_dir, threads=1, device="cpu", ram_limit=ram_limit or self.prep.ram_limit,
+            cache_dir=self.prep.cache_dir,
+            threads=1,
+            device="cpu",
+            ram_limit=ram_limit or self.prep.ram_limit,
             baseline_bytes=self.prep.baseline_bytes if baseline_bytes is None else baseline_bytes,
-            artifacts=artifact_store(tmp_path / "artifacts"), scratch=tmp_path,
+            artifacts=artifact_store(tmp_path / "artifacts"),
+            scratch=tmp_path,
         )
         self.objective = Objective(self.config, self.prep.space, self.prep.pruner, self.settings, progress=progress)
 
@@ -82,7 +101,10 @@ def test_memory_forecast_prunes_before_anything_is_allocated(tmp_path, tinystori
         if "reused_from" in t.user_attrs:  # the tiny space repeats itself; a repeat copies its first result
             continue
         # the dashboard still shows what was proposed
-        assert {m.filename for m in get_all_artifact_meta(t, storage=s.storage)} == {"model_config.json", "train_config.json"}
+        assert {m.filename for m in get_all_artifact_meta(t, storage=s.storage)} == {
+            "model_config.json",
+            "train_config.json",
+        }
     assert s.objective.children_started == 0
     assert descendants() - before == set()
 

@@ -27,7 +27,9 @@ def test_forecast_over_the_limit_prunes_before_any_report():
     trial = study.ask()
     trial.set_user_attr(FORECAST_ATTR, 1.5 * GIB / MIB)
     assert trial.should_prune()
-    assert pruner.forecast_verdict(1.5 * GIB / MIB) == "RAM forecast 1.50 GiB > limit 1.00 GiB: pruned before allocation"
+    assert (
+        pruner.forecast_verdict(1.5 * GIB / MIB) == "RAM forecast 1.50 GiB > limit 1.00 GiB: pruned before allocation"
+    )
 
 
 def test_forecast_under_the_limit_trains():
@@ -49,7 +51,10 @@ def test_no_limit_never_prunes_for_memory():
 def test_measured_memory_verdict_has_the_numbers():
     pruner = MemoryAwarePruner(optuna.pruners.NopPruner(), memory_limit=512 * MIB)
     assert pruner.measured_verdict(500 * MIB, 40) is None
-    assert pruner.measured_verdict(600 * MIB, 40) == "RAM measured 600 MiB > limit 512 MiB after step 40: trial process stopped"
+    assert (
+        pruner.measured_verdict(600 * MIB, 40)
+        == "RAM measured 600 MiB > limit 512 MiB after step 40: trial process stopped"
+    )
     assert "before the first evaluation" in pruner.measured_verdict(600 * MIB, None)
 
 
@@ -69,21 +74,31 @@ def test_lagging_loss_is_pruned_by_the_median_pruner_with_a_reason():
     lagging.report(4.5, 20)
     assert lagging.should_prune()
     reason = pruner.loss_reason(study, lagging.number, 20, 4.5)
-    assert reason == "lagging loss (median pruner): val_bpc 4.5000 at step 20; complete trials at step 20: median 3.0000, best 2.9000 (n=3)"
+    assert (
+        reason
+        == "lagging loss (median pruner): val_bpc 4.5000 at step 20; complete trials at step 20: median 3.0000, best 2.9000 (n=3)"
+    )
     study.tell(lagging, state=TrialState.PRUNED)
 
 
 BASE = {
-    "study": {"name": "p", "n_trials": 1}, "budget": {"params": 1000},
+    "study": {"name": "p", "n_trials": 1},
+    "budget": {"params": 1000},
     "space": {"depth": 1, "width": 16, "families": "uniform", "uniform": {"n": 1, "size": 8}},
 }
 
 
-@pytest.mark.parametrize("kind,cls", [
-    ("median", optuna.pruners.MedianPruner), ("percentile", optuna.pruners.PercentilePruner),
-    ("successive_halving", optuna.pruners.SuccessiveHalvingPruner), ("hyperband", optuna.pruners.HyperbandPruner),
-    ("wilcoxon", optuna.pruners.WilcoxonPruner), ("none", optuna.pruners.NopPruner),
-])
+@pytest.mark.parametrize(
+    "kind,cls",
+    [
+        ("median", optuna.pruners.MedianPruner),
+        ("percentile", optuna.pruners.PercentilePruner),
+        ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+        ("wilcoxon", optuna.pruners.WilcoxonPruner),
+        ("none", optuna.pruners.NopPruner),
+    ],
+)
 def test_each_pruner_kind(kind, cls):
     config = parse_study({**BASE, "pruning": {"pruner": kind, "warmup_steps": 100}})
     assert isinstance(make_loss_pruner(config.pruning, max_steps=1000, eval_interval=50), cls)

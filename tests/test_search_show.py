@@ -1,4 +1,5 @@
 """The table `run_search.py show` prints."""
+
 from search import format_table
 
 

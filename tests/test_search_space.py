@@ -58,7 +58,9 @@ def test_every_suggestion_is_inside_the_band_and_waste_is_small():
     lo, hi = config.band
     rng = random.Random(0)
     # a fake objective with structure (TPE exploits it) and noise
-    study, kept, wasted = ask_many(space, 150, lambda c: c.model_config.n_layers + c.train_config.lr * 100 + rng.random())
+    study, kept, wasted = ask_many(
+        space, 150, lambda c: c.model_config.n_layers + c.train_config.lr * 100 + rng.random()
+    )
     assert wasted / 150 <= MAX_WASTED_SHARE
     for number, cand in kept:
         n = count_parameters(cand.model_config)
@@ -95,7 +97,15 @@ def test_params_and_attrs_describe_the_trial():
 
 
 def test_per_layer_mix_splits_lower_and_upper_layers():
-    raw = {**RAW, "space": {**RAW["space"], "head_mix": "per_layer", "depth": {"min": 3, "max": 3}, "width": {"min": 16, "max": 256, "step": 2}}}
+    raw = {
+        **RAW,
+        "space": {
+            **RAW["space"],
+            "head_mix": "per_layer",
+            "depth": {"min": 3, "max": 3},
+            "width": {"min": 16, "max": 256, "step": 2},
+        },
+    }
     raw["budget"] = {"params": 60_000, "tolerance": 0.15}
     _, space = make(raw)
     study = optuna.create_study(sampler=space.make_sampler())
@@ -107,9 +117,18 @@ def test_per_layer_mix_splits_lower_and_upper_layers():
 
 def test_infeasible_points_are_reported_and_build_nothing():
     # 1 layer of 8 heads of 32 is ~4 * 256 * width parameters: nothing fits a 6,000 budget
-    raw = {**RAW, "budget": {"params": 6_000, "tolerance": 0.05},
-           "space": {**RAW["space"], "families": ["uniform"], "head_mix": "shared",
-                     "uniform": {"n": [8], "size": [32]}, "fractal": None, "geometric": None}}
+    raw = {
+        **RAW,
+        "budget": {"params": 6_000, "tolerance": 0.05},
+        "space": {
+            **RAW["space"],
+            "families": ["uniform"],
+            "head_mix": "shared",
+            "uniform": {"n": [8], "size": [32]},
+            "fractal": None,
+            "geometric": None,
+        },
+    }
     raw["space"] = {k: v for k, v in raw["space"].items() if v is not None}
     _, space = make(raw, vocab=20)
     share, example = space.infeasible_share(n=50)
@@ -121,14 +140,25 @@ def test_infeasible_points_are_reported_and_build_nothing():
 
 def test_budget_smaller_than_the_embedding():
     _, space = make(vocab=5000)
-    with pytest.raises(ConfigError, match=r"budget.params=40000 .* smaller than the embedding alone \(vocab 5000 x narrowest width 16 = 80000\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"budget.params=40000 .* smaller than the embedding alone \(vocab 5000 x narrowest width 16 = 80000\)",
+    ):
         space.check_budget()
 
 
 def test_depth_repair_moves_to_a_feasible_depth_instead_of_wasting():
     # four heads of 32: only shallow models fit the budget, so deep proposals are repaired
-    raw = {**RAW, "space": {**RAW["space"], "families": ["uniform"], "head_mix": "shared", "depth": {"min": 1, "max": 6},
-                            "uniform": {"n": [4], "size": [32]}}}
+    raw = {
+        **RAW,
+        "space": {
+            **RAW["space"],
+            "families": ["uniform"],
+            "head_mix": "shared",
+            "depth": {"min": 1, "max": 6},
+            "uniform": {"n": [4], "size": [32]},
+        },
+    }
     raw["space"] = {k: v for k, v in raw["space"].items() if k not in ("fractal", "geometric")}
     _, space = make(raw)
     feasible = set()
@@ -165,4 +195,3 @@ def test_vocab_sizes_must_cover_the_choices():
     config = parse_study({**RAW, "data": {"tokenizer_vocab": ["char", 256]}})
     with pytest.raises(ConfigError, match="vocabulary size of every data.tokenizer_vocab choice"):
         SearchSpace(config, {None: 97})
-

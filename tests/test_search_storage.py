@@ -8,15 +8,21 @@ from mfha.errors import ConfigError
 from search import default_artifacts_dir, make_storage, mask_url, sqlite_path
 
 
-@pytest.mark.parametrize("url,masked", [
-    ("postgresql+psycopg://alice:s3cret@db.example:5432/mfha", "postgresql+psycopg://alice:***@db.example:5432/mfha"),
-    ("mysql://u:p%40ss@h/db", "mysql://u:***@h/db"),
-    ("postgresql://alice@host/db", "postgresql://alice@host/db"),
-    ("sqlite:///storage/mfha.db", "sqlite:///storage/mfha.db"),
-    ("not a url user:pw@x", "not a url user:***@x"),
-    ("postgresql+psycopg//bob:hunter2@localhost/db", "postgresql+psycopg//bob:***@localhost/db"),
-    ("weird://u:pa:ss@h", "weird://u:***@h"),
-])
+@pytest.mark.parametrize(
+    "url,masked",
+    [
+        (
+            "postgresql+psycopg://alice:s3cret@db.example:5432/mfha",
+            "postgresql+psycopg://alice:***@db.example:5432/mfha",
+        ),
+        ("mysql://u:p%40ss@h/db", "mysql://u:***@h/db"),
+        ("postgresql://alice@host/db", "postgresql://alice@host/db"),
+        ("sqlite:///storage/mfha.db", "sqlite:///storage/mfha.db"),
+        ("not a url user:pw@x", "not a url user:***@x"),
+        ("postgresql+psycopg//bob:hunter2@localhost/db", "postgresql+psycopg//bob:***@localhost/db"),
+        ("weird://u:pa:ss@h", "weird://u:***@h"),
+    ],
+)
 def test_mask_url_hides_passwords(url, masked):
     assert mask_url(url) == masked
 
@@ -34,7 +40,9 @@ def test_sqlite_default_creates_folders_and_uses_wal(tmp_path):
 
 def test_resume_loads_the_same_study(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
-    optuna.create_study(study_name="s", storage=make_storage(url)).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    optuna.create_study(study_name="s", storage=make_storage(url)).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=1
+    )
     again = optuna.create_study(study_name="s", storage=make_storage(url), load_if_exists=True)
     assert len(again.trials) == 1
 
@@ -59,7 +67,9 @@ def test_unknown_driver():
 
 def test_unreachable_database_masks_the_password():
     # nothing listens on port 1
-    with pytest.raises(ConfigError, match=r"cannot reach the database --storage='postgresql\+psycopg://bob:\*\*\*@127.0.0.1:1/db'") as e:
+    with pytest.raises(
+        ConfigError, match=r"cannot reach the database --storage='postgresql\+psycopg://bob:\*\*\*@127.0.0.1:1/db'"
+    ) as e:
         make_storage("postgresql+psycopg://bob:hunter2@127.0.0.1:1/db")
     assert "hunter2" not in str(e.value)
 

@@ -98,7 +98,9 @@ def test_budget_params_positive():
 
 
 def test_budget_tolerance_fraction():
-    with pytest.raises(ConfigError, match=r"budget.tolerance must be a fraction in \(0, 1\), but got budget.tolerance=1.5"):
+    with pytest.raises(
+        ConfigError, match=r"budget.tolerance must be a fraction in \(0, 1\), but got budget.tolerance=1.5"
+    ):
         parse_study(study(budget__tolerance=1.5))
 
 
@@ -109,7 +111,9 @@ def test_tokenizer_vocab_fixed_or_searched():
 
 
 def test_depth_range_ordered():
-    with pytest.raises(ConfigError, match=r"space.depth must be a range \{min, max\}.*space.depth=\{'min': 3, 'max': 1\}"):
+    with pytest.raises(
+        ConfigError, match=r"space.depth must be a range \{min, max\}.*space.depth=\{'min': 3, 'max': 1\}"
+    ):
         parse_study(study(space__depth={"min": 3, "max": 1}))
 
 
@@ -119,7 +123,9 @@ def test_width_choices_distinct_integers():
 
 
 def test_unknown_head_family_suggests_nearest():
-    with pytest.raises(ConfigError, match=r"space.families must list head families .*but got 'fractl'; did you mean 'fractal'\?"):
+    with pytest.raises(
+        ConfigError, match=r"space.families must list head families .*but got 'fractl'; did you mean 'fractal'\?"
+    ):
         parse_study(study(space__families=["uniform", "fractl"]))
 
 
@@ -135,18 +141,29 @@ def test_family_table_needs_the_family_listed():
 
 def test_every_head_combination_must_be_valid():
     # fractal base 16 over 4 levels would need heads of size 2 (< 4)
-    with pytest.raises(ConfigError, match=r"space.fractal: the combination base=16, levels=4, split=2 is not a valid head set"):
+    with pytest.raises(
+        ConfigError, match=r"space.fractal: the combination base=16, levels=4, split=2 is not a valid head set"
+    ):
         parse_study(study(space__fractal={"base": [16], "levels": {"min": 2, "max": 4}}))
 
 
 def test_odd_head_size_rejected():
-    with pytest.raises(ConfigError, match=r"space.uniform: the combination n=1, size=9 is not a valid head set .*even integer"):
+    with pytest.raises(
+        ConfigError, match=r"space.uniform: the combination n=1, size=9 is not a valid head set .*even integer"
+    ):
         parse_study(study(space__uniform={"n": [1], "size": [9]}))
 
 
 def test_explicit_sizes_must_be_lists():
     with pytest.raises(ConfigError, match=r"space.explicit.sizes must be a list of head-size lists"):
-        parse_study(study(space__families=["explicit"], space__uniform=None, space__fractal=None, space__explicit={"sizes": [32, 16]}))
+        parse_study(
+            study(
+                space__families=["explicit"],
+                space__uniform=None,
+                space__fractal=None,
+                space__explicit={"sizes": [32, 16]},
+            )
+        )
 
 
 def test_head_mix_choices():
@@ -165,7 +182,9 @@ def test_batch_size_is_not_a_range():
 
 
 def test_training_field_error_names_the_study_key():
-    with pytest.raises(ConfigError, match=r"training.max_steps must be a positive integer, but got training.max_steps=0"):
+    with pytest.raises(
+        ConfigError, match=r"training.max_steps must be a positive integer, but got training.max_steps=0"
+    ):
         parse_study(study(training__max_steps=0))
 
 
@@ -188,12 +207,17 @@ def test_ram_limit_sizes_and_auto():
     assert parse_study(study(pruning__ram_limit="1.5 GiB")).pruning.ram_limit == int(1.5 * 2**30)
     assert parse_study(study(pruning__ram_limit=123456789)).pruning.ram_limit == 123456789
     assert parse_study(study(pruning__ram_limit="auto")).pruning.ram_limit == "auto"
-    with pytest.raises(ConfigError, match=r"pruning.ram_limit must be a positive number of bytes or a size like '2 GiB'"):
+    with pytest.raises(
+        ConfigError, match=r"pruning.ram_limit must be a positive number of bytes or a size like '2 GiB'"
+    ):
         parse_study(study(pruning__ram_limit="lots"))
 
 
 def test_unknown_pruner_suggests_nearest():
-    with pytest.raises(ConfigError, match=r"pruning.pruner must be one of median, .*but got pruning.pruner='hyperbnd'; did you mean 'hyperband'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pruning.pruner must be one of median, .*but got pruning.pruner='hyperbnd'; did you mean 'hyperband'\?",
+    ):
         parse_study(study(pruning__pruner="hyperbnd"))
 
 
@@ -239,17 +263,31 @@ def test_cli_overrides_are_validated():
         c.with_overrides(n_trials=0)
 
 
-@pytest.mark.parametrize("text,expected", [("2 GiB", 2 * 2**30), ("800MB", 800 * 10**6), ("1.5 kib", 1536), (4096, 4096)])
+@pytest.mark.parametrize(
+    "text,expected", [("2 GiB", 2 * 2**30), ("800MB", 800 * 10**6), ("1.5 kib", 1536), (4096, 4096)]
+)
 def test_parse_bytes(text, expected):
     assert parse_bytes(text, "k") == expected
 
 
-TOKENS = {"training__max_steps": None, "training__eval_interval": None, "training__tokens": 4096, "training__eval_tokens": 1024}
+TOKENS = {
+    "training__max_steps": None,
+    "training__eval_interval": None,
+    "training__tokens": 4096,
+    "training__eval_tokens": 1024,
+}
 
 
 def test_token_budget_sets_each_trials_steps_from_its_batch_size():
     c = parse_study(study(**TOKENS, training__warmup_tokens=512, pruning__warmup_tokens=2048))
-    assert (c.tokens, c.eval_tokens, c.warmup_tokens, c.step_unit, c.max_resource, c.eval_every) == (4096, 1024, 512, "tokens", 4096, 1024)
+    assert (c.tokens, c.eval_tokens, c.warmup_tokens, c.step_unit, c.max_resource, c.eval_every) == (
+        4096,
+        1024,
+        512,
+        "tokens",
+        4096,
+        1024,
+    )
     assert c.pruning.warmup_steps == 2048  # the loss pruner counts Optuna steps, i.e. tokens here
     small, big = c.train_config(batch_size=4), c.train_config(batch_size=16)
     assert (small.max_steps, small.warmup_steps, small.eval_tokens) == (64, 8, 1024)
@@ -268,9 +306,14 @@ def test_report_step_is_the_token_count_of_the_evaluation():
     assert parse_study(study()).report_step({"step": 5, "tokens": 80}, last=False) == 5
 
 
-@pytest.mark.parametrize("key,name", [("max_steps", "tokens"), ("eval_interval", "eval_tokens"), ("warmup_steps", "warmup_tokens")])
+@pytest.mark.parametrize(
+    "key,name", [("max_steps", "tokens"), ("eval_interval", "eval_tokens"), ("warmup_steps", "warmup_tokens")]
+)
 def test_step_counts_beside_a_token_budget_name_the_token_key(key, name):
-    with pytest.raises(ConfigError, match=rf"training\.{key} counts steps, but training\.tokens sets a token budget .* use training\.{name}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"training\.{key} counts steps, but training\.tokens sets a token budget .* use training\.{name}",
+    ):
         parse_study(study(**{**TOKENS, f"training__{key}": 10}))
 
 
@@ -280,7 +323,9 @@ def test_eval_tokens_without_a_budget_names_training_tokens():
 
 
 def test_token_budget_must_be_positive():
-    with pytest.raises(ConfigError, match=r"training\.tokens must be a positive integer .*, but got training\.tokens=0\."):
+    with pytest.raises(
+        ConfigError, match=r"training\.tokens must be a positive integer .*, but got training\.tokens=0\."
+    ):
         parse_study(study(**{**TOKENS, "training__tokens": 0}))
 
 
@@ -290,9 +335,14 @@ def test_eval_tokens_must_fit_the_budget():
 
 
 def test_pruner_warmup_in_the_wrong_unit_names_the_right_key():
-    with pytest.raises(ConfigError, match=r"pruning\.warmup_steps does not fit this study, whose pruner counts tokens.*use pruning\.warmup_tokens"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pruning\.warmup_steps does not fit this study, whose pruner counts tokens.*use pruning\.warmup_tokens",
+    ):
         parse_study(study(**TOKENS, pruning__warmup_steps=10))
-    with pytest.raises(ConfigError, match=r"pruning\.min_resource_tokens does not fit this study, whose pruner counts training steps"):
+    with pytest.raises(
+        ConfigError, match=r"pruning\.min_resource_tokens does not fit this study, whose pruner counts training steps"
+    ):
         parse_study(study(pruning__min_resource_tokens=10))
 
 
@@ -308,7 +358,10 @@ def test_validation_section_sets_top_and_seeds():
 
 
 def test_validation_needs_two_seeds():
-    with pytest.raises(ConfigError, match=r"validation\.seeds must be an integer >= 2 \(an interval needs two seeds\), but got validation\.seeds=1\."):
+    with pytest.raises(
+        ConfigError,
+        match=r"validation\.seeds must be an integer >= 2 \(an interval needs two seeds\), but got validation\.seeds=1\.",
+    ):
         parse_study(study(validation__seeds=1))
 
 
@@ -348,14 +401,20 @@ def test_objectives_name_the_costs_to_measure():
     assert config.cost_kinds == ("decode", "train") and config.cost_seconds == 0.5
 
 
-@pytest.mark.parametrize("objectives", [["train_cost"], ["val_bpc", "speed"], ["val_bpc", "train_cost", "train_cost"], "val_bpc", []])
+@pytest.mark.parametrize(
+    "objectives", [["train_cost"], ["val_bpc", "speed"], ["val_bpc", "train_cost", "train_cost"], "val_bpc", []]
+)
 def test_objectives_start_with_val_bpc_then_known_costs(objectives):
-    with pytest.raises(ConfigError, match=r"study.objectives must be \['val_bpc'\] followed by any of 'train_cost', 'decode_cost'"):
+    with pytest.raises(
+        ConfigError, match=r"study.objectives must be \['val_bpc'\] followed by any of 'train_cost', 'decode_cost'"
+    ):
         parse_study(study(study__objectives=objectives))
 
 
 def test_cost_section_needs_a_cost_objective():
-    with pytest.raises(ConfigError, match=r"\[cost\] is given but study.objectives has no cost; add 'train_cost' or 'decode_cost'"):
+    with pytest.raises(
+        ConfigError, match=r"\[cost\] is given but study.objectives has no cost; add 'train_cost' or 'decode_cost'"
+    ):
         parse_study(study(cost__seconds=1.0))
 
 
@@ -366,5 +425,8 @@ def test_cost_seconds_in_range(seconds):
 
 
 def test_hyperband_cannot_prune_a_multi_objective_study():
-    with pytest.raises(ConfigError, match=r"pruning.pruner='hyperband' cannot prune a multi-objective study .*; use one of median, percentile"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pruning.pruner='hyperband' cannot prune a multi-objective study .*; use one of median, percentile",
+    ):
         parse_study(study(study__objectives=["val_bpc", "train_cost"], pruning__pruner="hyperband"))

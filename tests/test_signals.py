@@ -1,6 +1,7 @@
 """SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler's stop) on a real `run_search.py run` process: the
 running trial closes as FAIL `interrupted`, the store stays consistent, the exit is non-zero, and a
 rerun resumes with the interrupted configuration first."""
+
 import os
 import signal
 import time
@@ -12,7 +13,17 @@ from optuna.trial import TrialState
 
 from search import make_storage
 from search._runner import _Bars, drive
-from tests._cli import FINISHED, assert_consistent, group_alive, kill_group, run_search, start, trials, training_trial, wait_for
+from tests._cli import (
+    FINISHED,
+    assert_consistent,
+    group_alive,
+    kill_group,
+    run_search,
+    start,
+    trials,
+    training_trial,
+    wait_for,
+)
 
 
 class _Quick:
@@ -62,8 +73,16 @@ def _drive(tmp_path, monkeypatch, signals: dict, total: int = 3):
     for method, when in signals.items():
         _signal_inside(monkeypatch, storage, method, sent, when)
     objective = _Quick()
-    summary = drive(study, storage, objective, _Bars("s", total, 0, enabled=False, log=print), total=total, timeout_s=None,
-                    log=print, t_start=time.perf_counter())
+    summary = drive(
+        study,
+        storage,
+        objective,
+        _Bars("s", total, 0, enabled=False, log=print),
+        total=total,
+        timeout_s=None,
+        log=print,
+        t_start=time.perf_counter(),
+    )
     return summary, study.get_trials(), sent, objective
 
 
@@ -83,14 +102,26 @@ def test_sigterm_while_optuna_creates_a_trial_leaves_none_running(tmp_path, monk
 
 
 def test_more_signals_while_the_trial_closes_are_ignored(tmp_path, monkeypatch):
-    summary, ts, sent, objective = _drive(tmp_path, monkeypatch, {
-        "_set_trial_param": lambda *a, **k: True,  # the first, as the trial writes its parameter
-        "set_trial_state_values": lambda trial_id, state, values=None: state == TrialState.FAIL,  # Optuna closing it
-        "_create_new_trial": lambda study_id, template_trial=None: template_trial is not None,  # the retry we enqueue
-    })
+    summary, ts, sent, objective = _drive(
+        tmp_path,
+        monkeypatch,
+        {
+            "_set_trial_param": lambda *a, **k: True,  # the first, as the trial writes its parameter
+            "set_trial_state_values": lambda trial_id, state, values=None: (
+                state == TrialState.FAIL
+            ),  # Optuna closing it
+            "_create_new_trial": lambda study_id, template_trial=None: (
+                template_trial is not None
+            ),  # the retry we enqueue
+        },
+    )
     assert len(sent) == 3 and summary.interrupted and objective.closed
     assert ts[0].state == TrialState.FAIL
-    assert ts[1].state == TrialState.WAITING and ts[1].user_attrs["retry_of"] == 0 and ts[1].system_attrs["fixed_params"] == ts[0].params
+    assert (
+        ts[1].state == TrialState.WAITING
+        and ts[1].user_attrs["retry_of"] == 0
+        and ts[1].system_attrs["fixed_params"] == ts[0].params
+    )
 
 
 @pytest.mark.slow
@@ -133,8 +164,13 @@ def test_signal_to_a_workers_supervisor_reaches_every_worker(sig, tmp_path, tiny
     study = tiny_study(n_trials=4, steps=300)
     proc = start("run", "--study", str(study), "--storage", url, "--workers", "2", "--no-progress")
     try:
-        wait_for("two trials to train", lambda: sum(t.state == TrialState.RUNNING and bool(t.intermediate_values)
-                                                    for t in trials(url, "tiny")) >= 2, procs=(proc,))
+        wait_for(
+            "two trials to train",
+            lambda: (
+                sum(t.state == TrialState.RUNNING and bool(t.intermediate_values) for t in trials(url, "tiny")) >= 2
+            ),
+            procs=(proc,),
+        )
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=90)
     finally:

@@ -1,4 +1,5 @@
 """bench/storage_load.py --quick runs on SQLite and PostgreSQL and ends with its JSON line."""
+
 import json
 import subprocess
 import sys
@@ -11,7 +12,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 def test_storage_load_quick(postgres_url):
-    proc = subprocess.run([sys.executable, "bench/storage_load.py", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "bench/storage_load.py", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["bench"] == "storage_load"

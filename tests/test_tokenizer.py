@@ -7,8 +7,9 @@ import pytest
 from mfha.errors import ConfigError, DataError
 from mfha.tokenizer import NIBBLE_TOKENS, SPECIALS, Tokenizer
 
-UNSEEN = ("Emoji 🙂🚀, CJK 世界, Greek λ, \t tabs,  double  spaces,\r\n\n\nand a literal <eos> <pad> <0x41> "
-          "<0xC_> <0x_3>.")
+UNSEEN = (
+    "Emoji 🙂🚀, CJK 世界, Greek λ, \t tabs,  double  spaces,\r\n\n\nand a literal <eos> <pad> <0x41> <0xC_> <0x_3>."
+)
 # unseen characters of each UTF-8 length, a control character and the highest code point
 EVERY_WIDTH = "\x00\x7fλ\u0800\uffff\U00010000\U0010ffff"
 
@@ -61,7 +62,7 @@ def test_unseen_characters_round_trip_through_bytes(kind, char_tok, bpe_tok):
     assert max(ids) < tok.vocab_size  # the backend's byte tokens never reach the model
     # the emoji 🙂 (F0 9F 99 82) went through the fallback, two nibbles a byte
     start = names.index("<0xF_>")
-    assert names[start:start + 8] == ["<0xF_>", "<0x_0>", "<0x9_>", "<0x_F>", "<0x9_>", "<0x_9>", "<0x8_>", "<0x_2>"]
+    assert names[start : start + 8] == ["<0xF_>", "<0x_0>", "<0x9_>", "<0x_F>", "<0x9_>", "<0x_9>", "<0x8_>", "<0x_2>"]
     # text spelling a special is plain characters, never the special id
     assert not {tok.bos_id, tok.eos_id, tok.pad_id} & set(ids)
 
@@ -143,12 +144,29 @@ def _byte_token_file(path: Path, alphabet: str) -> Path:
     vocab = {s: i for i, s in enumerate(SPECIALS)}
     vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
     vocab.update({c: 259 + k for k, c in enumerate(alphabet)})
-    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for i, s in enumerate(SPECIALS)]
-    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-            "pre_tokenizer": None, "post_processor": None,
-            "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]},
-            "model": {"type": "BPE", "byte_fallback": True, "vocab": vocab, "merges": []}}
+    added = [
+        {
+            "id": i,
+            "content": s,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, s in enumerate(SPECIALS)
+    ]
+    spec = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "byte_fallback": True, "vocab": vocab, "merges": []},
+    }
     path.write_text(json.dumps(spec), encoding="utf-8")
     return path
 

@@ -15,8 +15,19 @@ def tiny_model() -> ModelConfig:
 
 
 def tiny_train(dataset: str, **overrides) -> TrainConfig:
-    base = dict(dataset=dataset, max_train_stories=200, max_val_stories=50, batch_size=8, seq_len=32,
-                max_steps=60, lr=3e-3, warmup_steps=10, eval_interval=20, eval_windows=16, device="cpu")
+    base = dict(
+        dataset=dataset,
+        max_train_stories=200,
+        max_val_stories=50,
+        batch_size=8,
+        seq_len=32,
+        max_steps=60,
+        lr=3e-3,
+        warmup_steps=10,
+        eval_interval=20,
+        eval_windows=16,
+        device="cpu",
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -98,7 +109,18 @@ def test_train_evaluate_generate_clis(tinystories, tmp_path):
     # into the first run folder, not the current one (the repository here)
     plot = run / "loss_curves.png"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"loss curves -> {plot}" in evaluated.stdout
-    gen = ["-m", "mfha.generate", str(run), "Once upon a time", "--max-new-tokens", "40", "--top-k", "20", "--top-p", "0.9"]
+    gen = [
+        "-m",
+        "mfha.generate",
+        str(run),
+        "Once upon a time",
+        "--max-new-tokens",
+        "40",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+    ]
     first, second, other = cli(*gen, "--seed", "7"), cli(*gen, "--seed", "7"), cli(*gen, "--seed", "8")
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("Once upon a time") and len(first.stdout) > len("Once upon a time") + 10

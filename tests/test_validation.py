@@ -1,5 +1,6 @@
 """Trustworthy winners through the real CLI: token budgets, baselines, validation with fresh seeds,
 export and show of the validated winner, and a validation killed with kill -9 that resumes."""
+
 import json
 import re
 
@@ -43,7 +44,13 @@ def study(tmp_path_factory, tinystories):
     url = f"sqlite:///{folder}/mfha.db"
     proc = run_search("run", "--study", str(path), "--storage", url, "--no-progress", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"url": url, "proc": proc, "folder": folder, "search": trials(url, "val"), "validation": trials(url, "val.validation")}
+    return {
+        "url": url,
+        "proc": proc,
+        "folder": folder,
+        "search": trials(url, "val"),
+        "validation": trials(url, "val.validation"),
+    }
 
 
 def test_token_budget_gives_batch_16_and_64_the_same_tokens_and_report_steps(study):
@@ -77,7 +84,9 @@ def test_validation_retrains_each_pick_with_fresh_seeds(study):
     assert "top 1" in selection[0]["why"] and any("best baseline" in s["why"] for s in selection)
     complete = [t for t in v if t.state == TrialState.COMPLETE]
     assert len(complete) == len(picks) * 2 and not [t for t in v if t.state != TrialState.COMPLETE]
-    assert {(t.user_attrs["source_trial"], t.user_attrs["seed"]) for t in complete} == {(p, s) for p in picks for s in (1, 2)}
+    assert {(t.user_attrs["source_trial"], t.user_attrs["seed"]) for t in complete} == {
+        (p, s) for p in picks for s in (1, 2)
+    }
     for t in complete:
         assert t.user_attrs["train_config"]["seed"] == t.user_attrs["seed"] != SEARCH_SEED
         assert sorted(t.intermediate_values) == [4_096, 8_192, 12_288, 16_384]
@@ -110,10 +119,15 @@ def test_show_has_the_validated_column(study):
 
 def test_validate_input_mistakes_are_one_line(study):
     proc = run_search("validate", "--study", "vla", "--storage", study["url"])
-    assert proc.returncode == 1 and proc.stderr.strip() == f"error: --study 'vla' is not in {study['url']}; did you mean 'val'?"
+    assert (
+        proc.returncode == 1
+        and proc.stderr.strip() == f"error: --study 'vla' is not in {study['url']}; did you mean 'val'?"
+    )
     proc = run_search("validate", "--study", "val", "--storage", study["url"], "--seeds", "1")
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: --seeds must be an integer >= 2 (an interval needs two seeds), but got seeds=1."
+    assert (
+        proc.stderr.strip() == "error: --seeds must be an integer >= 2 (an interval needs two seeds), but got seeds=1."
+    )
 
 
 def _kill_validation_halfway_then_resume(url: str, path, name: str) -> None:
@@ -123,6 +137,7 @@ def _kill_validation_halfway_then_resume(url: str, path, name: str) -> None:
     victim = start(*args)
     vname = f"{name}.validation"
     try:
+
         def halfway():
             ts = trials(url, vname)
             running = [t for t in ts if t.state == TrialState.RUNNING and t.intermediate_values]
@@ -151,7 +166,9 @@ def _long_study(folder, dataset, name):
 
 
 def test_validation_killed_halfway_resumes_to_exactly_k_times_n_on_sqlite(tmp_path, tinystories):
-    _kill_validation_halfway_then_resume(f"sqlite:///{tmp_path}/mfha.db", _long_study(tmp_path, tinystories, "kill"), "kill")
+    _kill_validation_halfway_then_resume(
+        f"sqlite:///{tmp_path}/mfha.db", _long_study(tmp_path, tinystories, "kill"), "kill"
+    )
 
 
 @pytest.mark.postgres
@@ -161,10 +178,20 @@ def test_validation_killed_halfway_resumes_to_exactly_k_times_n_on_postgres(post
 
 def test_workers_run_search_then_validation(tmp_path, tinystories):
     url = f"sqlite:///{tmp_path}/mfha.db"
-    path = token_study(tmp_path, tinystories, "two", tokens=8_192, eval_tokens=2_048, n_trials=4, extra="\n[validation]\ntop = 2\nseeds = 2\n")
+    path = token_study(
+        tmp_path,
+        tinystories,
+        "two",
+        tokens=8_192,
+        eval_tokens=2_048,
+        n_trials=4,
+        extra="\n[validation]\ntop = 2\nseeds = 2\n",
+    )
     proc = run_search("run", "--study", str(path), "--storage", url, "--workers", "2", "--no-progress", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("validation 'two.validation':") == 3  # the supervisor enqueues; each worker finds it all queued
+    assert (
+        proc.stderr.count("validation 'two.validation':") == 3
+    )  # the supervisor enqueues; each worker finds it all queued
     selection = optuna.load_study(study_name="two.validation", storage=url).user_attrs["selection"]
     v = trials(url, "two.validation")
     assert sum(t.state == TrialState.COMPLETE for t in v) == len(selection) * 2 == len(v)

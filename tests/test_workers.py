@@ -1,4 +1,5 @@
 """Several workers on one SQLite study: exact trial counts, `--workers N`, and kill -9 recovery."""
+
 import os
 import re
 import signal
@@ -14,7 +15,17 @@ from optuna.trial import TrialState
 from search import make_storage
 from search._host import CoreShare
 from search._workers import SurplusTrial, TrialSlots, worker_threads
-from tests._cli import FINISHED, REPO, assert_consistent, kill_group, run_search, start, trials, training_trial, wait_for
+from tests._cli import (
+    FINISHED,
+    REPO,
+    assert_consistent,
+    kill_group,
+    run_search,
+    start,
+    trials,
+    training_trial,
+    wait_for,
+)
 
 # these tests ask for trials by hand, outside `optimize`, which Optuna warns about with a heartbeat
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -92,8 +103,13 @@ sys.stdin.read()  # hold the cores until the test closes stdin or kills this pro
 
 def _holder(folder, want: int) -> tuple[subprocess.Popen, set[int]]:
     """Another process holding `want` of 4 cores in `folder`; returns it and the slots it got."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(want)], cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder), str(want)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     return proc, {int(x) for x in proc.stdout.readline().split()}
 
 
@@ -117,14 +133,19 @@ def test_a_dead_holders_cores_are_free_again(tmp_path):
     proc.send_signal(signal.SIGKILL)  # the kernel drops a dead process's locks; its pid stays in the files
     proc.wait()
     with CoreShare(4, folder=tmp_path, cores=4) as mine:
-        assert set(mine.held) == {0, 1, 2, 3} and mine.line() == "4 cores, none held by another run: 4 torch threads per trial"
+        assert (
+            set(mine.held) == {0, 1, 2, 3}
+            and mine.line() == "4 cores, none held by another run: 4 torch threads per trial"
+        )
 
 
 def test_a_run_without_a_core_waits_for_the_one_a_multi_threaded_holder_gives_back(tmp_path):
     first = CoreShare(2, folder=tmp_path, cores=2)
     second = CoreShare(2, folder=tmp_path, cores=2)
     assert (first.threads, len(second.held)) == (2, 0) and second.must_wait()
-    assert re.fullmatch(r"2 cores, all held by another run \(pid \d+\): waits for one before its first trial .*", second.line())
+    assert re.fullmatch(
+        r"2 cores, all held by another run \(pid \d+\): waits for one before its first trial .*", second.line()
+    )
     assert first.refresh() == 1  # a run waits: the holder keeps its fair share, 2 cores // 2 runs
     second.wait(poll_s=0.01)
     assert len(second.held) == 1 and second.threads == 1
@@ -151,17 +172,28 @@ def test_host_slots_can_be_turned_off(tmp_path, monkeypatch):
     lines: list[str] = []
     with share_cores(None, 1, 1, cache_dir=tmp_path, log=lines.append) as share:
         assert share.threads == 1 and not share.held and not (tmp_path / "host-slots").exists()
-    assert lines == [f"{len(os.sched_getaffinity(0))} cores, shared with no other run (MFHA_HOST_SLOTS=0): 1 torch thread per trial"
-                     + (" (at most 1: training.threads = 1)" if len(os.sched_getaffinity(0)) > 1 else "")]
+    assert lines == [
+        f"{len(os.sched_getaffinity(0))} cores, shared with no other run (MFHA_HOST_SLOTS=0): 1 torch thread per trial"
+        + (" (at most 1: training.threads = 1)" if len(os.sched_getaffinity(0)) > 1 else "")
+    ]
 
 
 @pytest.mark.slow
 def test_the_first_line_of_a_run_names_its_threads(tmp_path, tiny_study):
-    proc = run_search("run", "--study", str(tiny_study(n_trials=1)), "--storage", f"sqlite:///{tmp_path}/mfha.db", "--no-progress",
-                      timeout=300)
+    proc = run_search(
+        "run",
+        "--study",
+        str(tiny_study(n_trials=1)),
+        "--storage",
+        f"sqlite:///{tmp_path}/mfha.db",
+        "--no-progress",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = proc.stderr.splitlines()[0]
-    assert re.fullmatch(r"\d+ cores, (none held by another run|\d+ held by .*): 1 torch thread per trial.*", first), proc.stderr[-3000:]
+    assert re.fullmatch(r"\d+ cores, (none held by another run|\d+ held by .*): 1 torch thread per trial.*", first), (
+        proc.stderr[-3000:]
+    )
 
 
 def test_worker_threads_never_oversubscribe():
@@ -175,12 +207,16 @@ def test_worker_threads_never_oversubscribe():
 @pytest.mark.slow
 def test_workers_flag_on_sqlite_runs_exactly_n_trials_without_lock_errors(tmp_path, tiny_study):
     url = f"sqlite:///{tmp_path}/mfha.db"
-    proc = run_search("run", "--study", str(tiny_study(n_trials=6)), "--storage", url, "--workers", "3", "--no-progress", timeout=400)
+    proc = run_search(
+        "run", "--study", str(tiny_study(n_trials=6)), "--storage", url, "--workers", "3", "--no-progress", timeout=400
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "locked" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-6000:]
     lines = proc.stderr.splitlines()
     assert re.fullmatch(r"\d+ cores, .*: 3 workers, each claiming up to 1 torch thread per trial.*", lines[0]), lines[0]
-    assert sum(bool(re.fullmatch(r"\[worker \d\] \d+ cores, .*: 1 torch thread per trial.*", line)) for line in lines) == 3
+    assert (
+        sum(bool(re.fullmatch(r"\[worker \d\] \d+ cores, .*: 1 torch thread per trial.*", line)) for line in lines) == 3
+    )
     ts = trials(url, "tiny")
     assert_consistent(ts, 6)
     done = [t for t in ts if t.state in FINISHED]
@@ -196,7 +232,9 @@ def test_kill_9_of_a_sqlite_worker_is_retried_by_the_live_one(tmp_path, tiny_stu
     victim = start("run", "--study", str(study), "--storage", url, "--no-progress")
     survivor = None
     try:
-        killed = wait_for("the victim to train a trial", lambda: training_trial(url, "tiny", victim.pid), procs=(victim,))
+        killed = wait_for(
+            "the victim to train a trial", lambda: training_trial(url, "tiny", victim.pid), procs=(victim,)
+        )
         survivor = start("run", "--study", str(study), "--storage", url, "--no-progress")
         kill_group(victim)  # the worker, its forkserver and its trial process, as a crash would
         victim.wait(10)
