@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from mfha.errors import ConfigError, MFHAError
 
@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     log = None
     if args.worker_index is not None:
         tag = f"[worker {args.worker_index}]"
-        log = lambda msg: print(f"{tag} {msg}", file=sys.stderr, flush=True)  # noqa: E731
+        log = lambda msg: print(f"{tag} {msg}", file=sys.stderr, flush=True)
     summary = run_study(
         config,
         artifacts=args.artifacts,
@@ -135,10 +135,10 @@ def _supervise(args: argparse.Namespace, config) -> int:
     import time
 
     from search import count_trials, make_storage, prepare, run_workers, search_study, summarize
-    from search._host import preview
+    from search.run.host import preview
 
     t0 = time.perf_counter()
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     log(preview(args.threads, config.threads, args.workers))  # each worker then says what it got
     storage = make_storage(config.storage)
     prep = prepare(config, workers=args.workers)  # also fills the data cache every worker reads
@@ -241,11 +241,11 @@ def _validate(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be a positive integer, but got workers={args.workers}.")
     config = stored_config(args.storage, args.study, dataset=args.dataset)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     if args.workers > 1 and args.worker_index is None:
         return _supervise_validation(args, config, log=log)
     if args.worker_index is not None:
-        log = lambda msg: print(f"[worker {args.worker_index}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+        log = lambda msg: print(f"[worker {args.worker_index}] {msg}", file=sys.stderr, flush=True)
     summary = run_validation(
         config,
         top=args.top,

@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mfha import ModelConfig, fractal, geometric, uniform  # noqa: E402
-from mfha.model import CPU_MIN_KERNEL_HEAD, MFHAttention  # noqa: E402
+from mfha import ModelConfig, fractal, geometric, uniform
+from mfha.model import CPU_MIN_KERNEL_HEAD, MFHAttention
 
 # (B, T, dim, hd, levels); the first of each list is the headline shape
 CPU_SHAPES = [(8, 256, 256, 64, 3), (8, 256, 128, 32, 3), (4, 512, 256, 64, 3)]

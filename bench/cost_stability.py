@@ -139,8 +139,8 @@ def main() -> int:
     if args.quick:
         args.seconds, args.tokens, args.rank = 0.3, 40_960, True
 
-    from mfha.data import load_data
     from mfha import TrainConfig
+    from mfha.data import load_data
 
     vocab = load_data(TrainConfig(dataset=DATASET, max_train_stories=1_092, max_val_stories=200)).tokenizer.vocab_size
     runs = []

@@ -36,8 +36,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mfha import ModelConfig, TrainConfig, count_parameters, explicit, fractal, geometric, uniform  # noqa: E402
-from mfha.memory import forecast_parts, framework_baseline_bytes, measure_training_peak  # noqa: E402
+from mfha import ModelConfig, TrainConfig, count_parameters, explicit, fractal, geometric, uniform
+from mfha.memory import forecast_parts, framework_baseline_bytes, measure_training_peak
 
 # name -> (ModelConfig kwargs, batch_size, seq_len)
 CONFIGS: dict[str, tuple[dict, int, int]] = {

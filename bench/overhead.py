@@ -105,10 +105,9 @@ def _reference(study) -> float:
 
 def suggest_time(n_fill: int, folder: Path, repeats: int = 5) -> dict:
     """The storage bench's fill and suggestion measurement, on one SQLite store."""
+    import optuna
     from storage_load import fill
     from storage_load import suggest_time as suggest_times
-
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{folder}/suggest.db"

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mfha import ModelConfig, TrainConfig, count_parameters, fractal  # noqa: E402
-from mfha.evaluate import evaluate_run  # noqa: E402
-from mfha.train import train  # noqa: E402
+from mfha import ModelConfig, TrainConfig, count_parameters, fractal
+from mfha.evaluate import evaluate_run
+from mfha.train import train
 
 DATASET = str(Path(__file__).resolve().parents[2] / "shared/data/tinystories")
 

@@ -5,7 +5,7 @@
 Each round times the same total number of smoke-study trials two ways, on one machine:
   workers:  one `run_search.py run --workers 2 --n-trials 2N` (one store);
   separate: two `run_search.py run --n-trials N` started together, each with its own store and the
-            same study, which share the cores through the host slots (search/_host.py).
+            same study, which share the cores through the host slots (search/run/host.py).
 The wall time is from the first start to the last exit. Rounds alternate which way goes first. Both
 ways share one fresh data cache (and so one host-slot folder), filled by a one-trial warm-up run.
 

@@ -46,7 +46,7 @@ CHAR_VOCAB = 329  # the character vocabulary of the smoke slice: the space only 
 def fill(url: str, n: int, *, seed: int = 0) -> float:
     """N finished trials in one study at `url`, added in batches; returns the seconds it took."""
     import optuna
-    from optuna.trial import TrialState, create_trial
+    from optuna.trial import TrialState
 
     from search import SearchSpace, SpaceSampler, load_study_file, make_storage
 
@@ -168,7 +168,9 @@ def show_inproc_time(url: str, repeats: int) -> list[float]:
 
 
 def api_times(url: str, repeats: int, folder: Path) -> tuple[float, list[float], int]:
-    port = _free_port()
+    from tests._cli import free_port
+
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -193,11 +195,11 @@ def api_times(url: str, repeats: int, folder: Path) -> tuple[float, list[float],
             try:
                 studies = _get(f"{base}/api/studies")
                 break
-            except OSError:
+            except OSError as e:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
                         f"the dashboard did not answer: {server.stderr.read()[-2000:] if server.poll() is not None else 'timeout'}"
-                    )
+                    ) from e
                 time.sleep(0.2)
         (sid,) = [s["study_id"] for s in studies["study_summaries"] if s["study_name"] == NAME]
         t0 = time.perf_counter()
@@ -217,14 +219,6 @@ def api_times(url: str, repeats: int, folder: Path) -> tuple[float, list[float],
 def _get(url: str):
     with urllib.request.urlopen(url, timeout=60) as r:
         return json.loads(r.read())
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _hammer(url: str, n_trials: int, queue, go) -> None:

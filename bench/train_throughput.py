@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mfha import GPT, ModelConfig, TrainConfig, fractal  # noqa: E402
-from mfha.data import load_data  # noqa: E402
-from mfha.train import train  # noqa: E402
+from mfha import GPT, ModelConfig, TrainConfig, fractal
+from mfha.data import load_data
+from mfha.train import train
 
 DATASET = str(Path(__file__).resolve().parents[2] / "shared/data/tinystories")
 WARMUP = 10  # steps left out of both timings (first-call allocations, thread pool start)

@@ -63,9 +63,9 @@ def main() -> int:
     import optuna
 
     from search import load_study_file, run_study, run_validation, validated, validation_seeds
-    from search._stats import mean_interval
+    from search.results.stats import mean_interval
 
-    quiet = lambda msg: None  # noqa: E731
+    quiet = lambda msg: None
     with tempfile.TemporaryDirectory() as folder:
         config = load_study_file(SMOKE).with_overrides(
             dataset=DATASET, storage=f"sqlite:///{folder}/curse.db", n_trials=args.trials

@@ -20,23 +20,23 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
+    "GPT",
+    "ConfigError",
+    "Cost",
+    "DataError",
+    "HeadSpec",
+    "MFHAError",
     "ModelConfig",
     "TrainConfig",
-    "GPT",
-    "Cost",
-    "measure_cost",
+    "TrainingDiverged",
     "count_parameters",
     "estimate_training_peak",
-    "measure_training_peak",
-    "HeadSpec",
-    "uniform",
+    "explicit",
     "fractal",
     "geometric",
-    "explicit",
-    "MFHAError",
-    "ConfigError",
-    "DataError",
-    "TrainingDiverged",
+    "measure_cost",
+    "measure_training_peak",
+    "uniform",
 ]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
@@ -23,15 +23,19 @@ def _check(ok: bool, rule: str, name: str, value: Any) -> None:
         raise ConfigError(f"{rule}, but got {name}={value!r}.")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An int that is not a bool (JSON and TOML give bools for `true`, and `True == 1`)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
+def is_num(v: Any) -> bool:
+    """A finite int or float that is not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class _JsonConfig:
+    # set on each subclass by @dataclass; declared so that `fields(self)` type-checks
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
     _derived: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,20 +99,20 @@ class ModelConfig(_JsonConfig):
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "max_seq_len", "kv_share"):
             _check(
-                _is_int(getattr(self, name)) and getattr(self, name) >= 1,
+                is_int(getattr(self, name)) and getattr(self, name) >= 1,
                 f"{name} must be a positive integer",
                 name,
                 getattr(self, name),
             )
         _check(
-            _is_num(self.mlp_mult) and self.mlp_mult > 0,
+            is_num(self.mlp_mult) and self.mlp_mult > 0,
             "mlp_mult must be a positive number",
             "mlp_mult",
             self.mlp_mult,
         )
-        _check(_is_num(self.rope_base) and self.rope_base > 1, "rope_base must be > 1", "rope_base", self.rope_base)
-        _check(_is_num(self.norm_eps) and self.norm_eps > 0, "norm_eps must be positive", "norm_eps", self.norm_eps)
-        _check(_is_num(self.init_std) and self.init_std > 0, "init_std must be positive", "init_std", self.init_std)
+        _check(is_num(self.rope_base) and self.rope_base > 1, "rope_base must be > 1", "rope_base", self.rope_base)
+        _check(is_num(self.norm_eps) and self.norm_eps > 0, "norm_eps must be positive", "norm_eps", self.norm_eps)
+        _check(is_num(self.init_std) and self.init_std > 0, "init_std must be positive", "init_std", self.init_std)
         self.heads = _as_heads(self.heads)
         if isinstance(self.heads, list):
             _check(
@@ -138,6 +142,8 @@ class ModelConfig(_JsonConfig):
         """One line: the shared spec, or the per-layer specs separated by ' | '."""
         if isinstance(self.heads, HeadSpec):
             return self.heads.render()
+        if self.layer_heads is None:
+            raise TypeError("ModelConfig.layer_heads is None, but ModelConfig.__post_init__ sets it.")
         return " | ".join(h.render() for h in self.layer_heads)
 
 
@@ -182,59 +188,59 @@ class TrainConfig(_JsonConfig):
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len", "max_steps", "eval_interval", "eval_windows"):
             _check(
-                _is_int(getattr(self, name)) and getattr(self, name) >= 1,
+                is_int(getattr(self, name)) and getattr(self, name) >= 1,
                 f"{name} must be a positive integer",
                 name,
                 getattr(self, name),
             )
         _check(
-            self.eval_tokens is None or (_is_int(self.eval_tokens) and self.eval_tokens >= 1),
+            self.eval_tokens is None or (is_int(self.eval_tokens) and self.eval_tokens >= 1),
             "eval_tokens must be a positive integer or null",
             "eval_tokens",
             self.eval_tokens,
         )
         for name in ("max_train_stories", "max_train_tokens", "max_val_stories", "max_time_s"):
             v = getattr(self, name)
-            _check(v is None or (_is_num(v) and v > 0), f"{name} must be positive or null", name, v)
+            _check(v is None or (is_num(v) and v > 0), f"{name} must be positive or null", name, v)
         _check(
-            self.tokenizer_vocab is None or (_is_int(self.tokenizer_vocab) and 8 <= self.tokenizer_vocab <= 65536),
+            self.tokenizer_vocab is None or (is_int(self.tokenizer_vocab) and 8 <= self.tokenizer_vocab <= 65536),
             "tokenizer_vocab must be null (character level) or an integer in [8, 65536]",
             "tokenizer_vocab",
             self.tokenizer_vocab,
         )
         _check(
-            _is_int(self.warmup_steps) and self.warmup_steps >= 0,
+            is_int(self.warmup_steps) and self.warmup_steps >= 0,
             "warmup_steps must be an integer >= 0",
             "warmup_steps",
             self.warmup_steps,
         )
-        _check(_is_num(self.lr) and self.lr > 0, "lr must be positive", "lr", self.lr)
+        _check(is_num(self.lr) and self.lr > 0, "lr must be positive", "lr", self.lr)
         _check(
-            _is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+            is_num(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
             "min_lr_ratio must be in [0, 1]",
             "min_lr_ratio",
             self.min_lr_ratio,
         )
         _check(
-            _is_num(self.weight_decay) and self.weight_decay >= 0,
+            is_num(self.weight_decay) and self.weight_decay >= 0,
             "weight_decay must be >= 0",
             "weight_decay",
             self.weight_decay,
         )
         for name in ("beta1", "beta2"):
             _check(
-                _is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1,
+                is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1,
                 f"{name} must be in [0, 1)",
                 name,
                 getattr(self, name),
             )
         _check(
-            _is_num(self.grad_clip) and self.grad_clip >= 0,
+            is_num(self.grad_clip) and self.grad_clip >= 0,
             "grad_clip must be >= 0 (0 disables it)",
             "grad_clip",
             self.grad_clip,
         )
-        _check(_is_int(self.seed), "seed must be an integer", "seed", self.seed)
+        _check(is_int(self.seed), "seed must be an integer", "seed", self.seed)
         _check(
             self.device in get_args(Device),
             f"device must be one of {', '.join(get_args(Device))}",
@@ -250,4 +256,20 @@ class TrainConfig(_JsonConfig):
         )
 
 
-__all__ = ["ModelConfig", "TrainConfig", "Device"]
+def steps_for_tokens(tokens: int, *, batch_size: int, seq_len: int) -> int:
+    """Optimizer steps that read at least `tokens` tokens at this batch and sequence length."""
+    return -(-tokens // (batch_size * seq_len))
+
+
+def token_steps(tokens: int, eval_tokens: int, warmup_tokens: int, *, batch_size: int, seq_len: int) -> dict[str, int]:
+    """TrainConfig step fields for a token budget: every trial sees `tokens` tokens, to within one batch."""
+    per_step = batch_size * seq_len
+    return {
+        "max_steps": steps_for_tokens(tokens, batch_size=batch_size, seq_len=seq_len),
+        "eval_tokens": eval_tokens,
+        "eval_interval": max(1, eval_tokens // per_step),
+        "warmup_steps": round(warmup_tokens / per_step),
+    }
+
+
+__all__ = ["Device", "ModelConfig", "TrainConfig", "is_int", "is_num", "steps_for_tokens", "token_steps"]

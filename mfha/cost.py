@@ -23,8 +23,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 
@@ -88,7 +89,7 @@ def measure_cost(
     else:
         model, ref = _decode_work(model_config, device), _decode_work(REFERENCE, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    clock = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+    clock: Literal["cpu", "wall"] = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
     for work in (model, ref):  # one-off costs (lazy init, allocator, thread pool) stay out of the rounds
         work()
         work()
@@ -180,4 +181,4 @@ def _decode_work(config: ModelConfig, device: torch.device) -> Callable[[], int]
     return decode
 
 
-__all__ = ["Cost", "CostKind", "COST_KINDS", "REFERENCE", "REFERENCE_BATCH", "DECODE_TOKENS", "measure_cost"]
+__all__ = ["COST_KINDS", "DECODE_TOKENS", "REFERENCE", "REFERENCE_BATCH", "Cost", "CostKind", "measure_cost"]

@@ -18,10 +18,11 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -482,4 +483,4 @@ def _publish(folder: Path, fill: Callable[[Path], None]) -> None:
         raise
 
 
-__all__ = ["TokenizedData", "load_data", "default_cache_dir"]
+__all__ = ["TokenizedData", "default_cache_dir", "load_data"]

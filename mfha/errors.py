@@ -17,4 +17,4 @@ class TrainingDiverged(MFHAError):
     """The training loss became NaN, infinite, or several times the uniform guess ln(V)."""
 
 
-__all__ = ["MFHAError", "ConfigError", "DataError", "TrainingDiverged"]
+__all__ = ["ConfigError", "DataError", "MFHAError", "TrainingDiverged"]

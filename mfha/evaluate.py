@@ -54,7 +54,7 @@ def plot_loss_curves(run_dirs: list[str | Path], path: str | Path) -> Path:
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]  # requirements-dev.txt has no pandas-stubs
 
     fig, (ax_loss, ax_bpc) = plt.subplots(1, 2, figsize=(11, 4))
     for run in run_dirs:

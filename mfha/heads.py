@@ -66,60 +66,56 @@ class HeadSpec:
         self.sizes = sorted(derived, reverse=True)
 
     def _uniform_sizes(self) -> list[int]:
-        _require_int("n", self.n, 1)
-        _require_int("size", self.size, 1)
-        return [self.size] * self.n
+        n = _require_int("n", self.n, 1)
+        size = _require_int("size", self.size, 1)
+        return [size] * n
 
     def _fractal_sizes(self) -> list[int]:
-        _require_int("base", self.base, 1)
-        _require_int("levels", self.levels, 1)
+        base = _require_int("base", self.base, 1)
+        levels = _require_int("levels", self.levels, 1)
         if self.split is None:
             self.split = 2
-        _require_int("split", self.split, 2)
-        smallest = self.split ** (self.levels - 1)
-        if self.base % smallest:
-            raise ConfigError(
-                f"fractal base must be divisible by split**(levels-1)={smallest}, but got base={self.base}."
-            )
-        return [self.base // self.split**i for i in range(self.levels) for _ in range(self.split**i)]
+        split = _require_int("split", self.split, 2)
+        smallest = split ** (levels - 1)
+        if base % smallest:
+            raise ConfigError(f"fractal base must be divisible by split**(levels-1)={smallest}, but got base={base}.")
+        return [base // split**i for i in range(levels) for _ in range(split**i)]
 
     def _geometric_sizes(self) -> list[int]:
-        _require_int("largest", self.largest, 1)
-        _require_int("smallest", self.smallest, 1)
+        largest = _require_int("largest", self.largest, 1)
+        smallest = _require_int("smallest", self.smallest, 1)
         if self.ratio is None:
             self.ratio = 2
-        _require_int("ratio", self.ratio, 2)
-        if self.smallest > self.largest:
-            raise ConfigError(
-                f"geometric smallest must be <= largest={self.largest}, but got smallest={self.smallest}."
-            )
+        ratio = _require_int("ratio", self.ratio, 2)
+        if smallest > largest:
+            raise ConfigError(f"geometric smallest must be <= largest={largest}, but got smallest={smallest}.")
         if (self.count is None) == (self.width is None):
             raise ConfigError(
                 f"geometric heads need exactly one of count (heads per level) or width (width per level), "
                 f"but got count={self.count}, width={self.width}."
             )
         level_sizes = []
-        size = self.largest
-        while size >= self.smallest:
+        size = largest
+        while size >= smallest:
             level_sizes.append(size)
-            if size % self.ratio:
+            if size % ratio:
                 break
-            size //= self.ratio
-        if level_sizes[-1] != self.smallest:
+            size //= ratio
+        if level_sizes[-1] != smallest:
             raise ConfigError(
-                f"geometric sizes must fall from largest={self.largest} to smallest by exact division by "
-                f"ratio={self.ratio}, but got smallest={self.smallest} (reachable: {level_sizes})."
+                f"geometric sizes must fall from largest={largest} to smallest by exact division by "
+                f"ratio={ratio}, but got smallest={smallest} (reachable: {level_sizes})."
             )
         if self.count is not None:
-            _require_int("count", self.count, 1)
-            return [s for s in level_sizes for _ in range(self.count)]
-        _require_int("width", self.width, 1)
+            count = _require_int("count", self.count, 1)
+            return [s for s in level_sizes for _ in range(count)]
+        width = _require_int("width", self.width, 1)
         for s in level_sizes:
-            if self.width % s:
+            if width % s:
                 raise ConfigError(
-                    f"geometric width must be divisible by every level size, but got width={self.width} and size {s}."
+                    f"geometric width must be divisible by every level size, but got width={width} and size {s}."
                 )
-        return [s for s in level_sizes for _ in range(self.width // s)]
+        return [s for s in level_sizes for _ in range(width // s)]
 
     def _explicit_sizes(self) -> list[int]:
         if not isinstance(self.sizes, (list, tuple)) or not self.sizes:
@@ -128,6 +124,8 @@ class HeadSpec:
 
     @property
     def total_width(self) -> int:
+        if self.sizes is None:  # TypeError as `sum(None)` raised here before
+            raise TypeError("HeadSpec.sizes is None, but HeadSpec.__post_init__ sets it.")
         return sum(self.sizes)
 
     def groups(self) -> list[tuple[int, int]]:
@@ -155,9 +153,11 @@ class HeadSpec:
         return cls(**d)
 
 
-def _require_int(name: str, value: Any, minimum: int) -> None:
+def _require_int(name: str, value: Any, minimum: int) -> int:
+    """`value`, checked to be an int (not a bool) >= `minimum`."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, but got {name}={value!r}.")
+    return value
 
 
 def uniform(n: int, size: int) -> HeadSpec:
@@ -178,4 +178,24 @@ def explicit(sizes: list[int]) -> HeadSpec:
     return HeadSpec("explicit", sizes=list(sizes))
 
 
-__all__ = ["HeadSpec", "HeadFamily", "HEAD_FAMILIES", "uniform", "fractal", "geometric", "explicit"]
+def make_head_spec(family: str, values: dict[str, Any]) -> HeadSpec:
+    """A HeadSpec from the study file's per-family values (geometric takes levels, not smallest)."""
+    if family == "uniform":
+        return HeadSpec("uniform", n=values["n"], size=values["size"])
+    if family == "fractal":
+        return HeadSpec("fractal", base=values["base"], levels=values["levels"], split=values.get("split", 2))
+    if family == "geometric":
+        ratio = values.get("ratio", 2)
+        largest, levels = values["largest"], values["levels"]
+        if largest % ratio ** (levels - 1):
+            raise ConfigError(f"largest={largest} must be divisible by ratio**(levels-1)={ratio ** (levels - 1)}")
+        return HeadSpec(
+            "geometric", largest=largest, smallest=largest // ratio ** (levels - 1), ratio=ratio, count=values["count"]
+        )
+    if family == "explicit":
+        sizes = values["sizes"]
+        return HeadSpec("explicit", sizes=[int(x) for x in sizes.split()] if isinstance(sizes, str) else list(sizes))
+    raise ConfigError(f"head family must be one of {', '.join(HEAD_FAMILIES)}, but got {family=}.")
+
+
+__all__ = ["HEAD_FAMILIES", "HeadFamily", "HeadSpec", "explicit", "fractal", "geometric", "make_head_spec", "uniform"]

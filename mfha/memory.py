@@ -6,7 +6,7 @@ baseline included; on CUDA the peak of `torch.cuda.max_memory_allocated` (tensor
 CUDA context nor the caching allocator's reserve is in that figure).
 
 Sizes below: B batch, T time, N = B*T tokens, C dim, V vocab, H SwiGLU hidden, P parameters;
-for a layer qw/kvw are the query and K/V widths (sums of head sizes), nh its query heads.
+for a layer qw/kvw are the query and K/V widths (sums of head sizes).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 
 from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import ConfigError
+from mfha.heads import HeadSpec
 from mfha.model import CPU_MIN_KERNEL_HEAD, GPT
 
 FP32 = 4
@@ -78,7 +79,7 @@ def forecast_parts(
     kind = _device_kind(device)
     _check_seq_len(model_config, train_config)
     mc, B, T = model_config, train_config.batch_size, train_config.seq_len
-    N, C, H, V = B * T, mc.dim, mc.mlp_hidden, mc.vocab_size
+    N, C, H, V = B * T, mc.dim, _mlp_hidden(mc), mc.vocab_size
     params = _param_tensors(mc)
     weights = [(n * FP32, k) for n, k in params] + _rope_tensors(mc)
     grads = [(n * FP32, k) for n, k in params]
@@ -92,7 +93,7 @@ def forecast_parts(
         # joined into, 2 x (N, qw + 2 kvw), which is the larger where the heads are wider than the MLP
         loss_grads = [(N * V * FP32, 2)]
         mlp_grads = [(N * H * FP32, 5), (N * C * FP32, 2)]
-        attn_grads = [[(N * (qw + 2 * kvw) * FP32, 2), (N * C * FP32, 2)] for qw, kvw, _, _ in _all_widths(mc)]
+        attn_grads = [[(N * (qw + 2 * kvw) * FP32, 2), (N * C * FP32, 2)] for _, qw, kvw, _ in _layers(mc)]
         backward_transient = max([loss_grads, mlp_grads, *attn_grads], key=_total)
         # single-tensor AdamW (the CPU default) makes two temporaries the size of one parameter; the
         # caller still holds the step's logits
@@ -141,41 +142,44 @@ def _resident_cuda(kept: Tensors, per_step: Tensors) -> int:
     return _total(kept + per_step)  # max_memory_allocated counts tensor bytes, exactly
 
 
-def _layer_widths(mc: ModelConfig, spec) -> tuple[int, int, int, int]:
-    groups = spec.groups()
-    qw = sum(hs * n for hs, n in groups)
-    kvw = sum(hs * mc.kv_heads(n) for hs, n in groups)
-    nh = sum(n for _, n in groups)
-    return qw, kvw, nh, len(groups)
+def _layers(mc: ModelConfig) -> list[tuple[HeadSpec, int, int, int]]:
+    """(spec, qw, kvw, size groups) of each layer; qw is the spec's total width."""
+    if mc.layer_heads is None:
+        raise TypeError("ModelConfig.layer_heads is None, but ModelConfig.__post_init__ sets it.")
+    out = []
+    for spec in mc.layer_heads:
+        groups = spec.groups()
+        out.append((spec, spec.total_width, sum(hs * mc.kv_heads(n) for hs, n in groups), len(groups)))
+    return out
+
+
+def _mlp_hidden(mc: ModelConfig) -> int:
+    if mc.mlp_hidden is None:
+        raise TypeError("ModelConfig.mlp_hidden is None, but ModelConfig.__post_init__ sets it.")
+    return mc.mlp_hidden
 
 
 def _param_tensors(mc: ModelConfig, *, norms: bool = True) -> Tensors:
     """Element counts of the parameters, as in `count_parameters`."""
-    C = mc.dim
+    C, H = mc.dim, _mlp_hidden(mc)
     out = [(mc.vocab_size * C, 1)]  # tied embedding / output head
     if norms:
         out.append((C, 1 + 2 * mc.n_layers))
-    for spec in mc.layer_heads:
-        qw, kvw, _, _ = _layer_widths(mc, spec)
-        out += [(C * (qw + 2 * kvw), 1), (qw * C, 1), (2 * mc.mlp_hidden * C, 1), (mc.mlp_hidden * C, 1)]
+    for _, qw, kvw, _ in _layers(mc):
+        out += [(C * (qw + 2 * kvw), 1), (qw * C, 1), (2 * H * C, 1), (H * C, 1)]
     return out
-
-
-def _all_widths(mc: ModelConfig) -> list[tuple[int, int, int, int]]:
-    return [_layer_widths(mc, spec) for spec in mc.layer_heads]
 
 
 def _rope_tensors(mc: ModelConfig) -> Tensors:
     # one (max_seq_len, (qw + kvw) / 2, 2) fp32 table of cos, sin per layer
-    return [(mc.max_seq_len * (qw + kvw) * FP32, 1) for qw, kvw, _, _ in _all_widths(mc)]
+    return [(mc.max_seq_len * (qw + kvw) * FP32, 1) for _, qw, kvw, _ in _layers(mc)]
 
 
 def _activations_cpu(mc: ModelConfig, B: int, T: int) -> Tensors:
     """Tensors autograd keeps for backward, fp32, plus the logits that the caller holds."""
-    N, C, H, V = B * T, mc.dim, mc.mlp_hidden, mc.vocab_size
+    N, C, H, V = B * T, mc.dim, _mlp_hidden(mc), mc.vocab_size
     out = [(N * C * FP32, 1), (2 * N * INDEX, 1)]  # embedding output (first residual); idx, targets
-    for spec in mc.layer_heads:
-        qw, kvw, _, groups = _layer_widths(mc, spec)
+    for spec, qw, kvw, groups in _layers(mc):
         out += [
             (N * C * FP32, 2),  # the block's two residual-stream outputs
             (N * C * FP32, 4),
@@ -210,10 +214,9 @@ def _activations_cpu(mc: ModelConfig, B: int, T: int) -> Tensors:
 
 def _activations_cuda(mc: ModelConfig, B: int, T: int) -> Tensors:
     """Tensors kept for backward under bf16 autocast, SDPA flash kernel, fused RMSNorm."""
-    N, C, H, V = B * T, mc.dim, mc.mlp_hidden, mc.vocab_size
+    N, C, H, V = B * T, mc.dim, _mlp_hidden(mc), mc.vocab_size
     out = [(N * C * FP32, 1), (2 * N * INDEX, 1)]  # embedding output: the residual stream stays fp32
-    for spec in mc.layer_heads:
-        qw, kvw, _, groups = _layer_widths(mc, spec)
+    for spec, qw, kvw, groups in _layers(mc):
         out += [
             (N * C * FP32, 2),  # residual-stream outputs
             (N * FP32, 2),  # fused RMSNorm keeps its input (a residual) and 1/rms
@@ -322,7 +325,13 @@ def _child_main() -> None:
         if request["device"] == "cuda":
             peak = torch.cuda.max_memory_allocated()
         else:
-            peak = vm_status("VmHWM") or sampler.stop()
+            hwm = vm_status("VmHWM")
+            if hwm:
+                peak = hwm
+            elif sampler is not None:
+                peak = sampler.stop()
+            else:  # AttributeError as `None.stop()` raised here before
+                raise AttributeError("no VmHWM now, and no RSS sampler: VmHWM was there at the start")
         result = {"peak": peak}
     print(json.dumps(result))
 
@@ -339,8 +348,9 @@ def _train_steps(mc: ModelConfig, tc: TrainConfig, device: str, *, steps: int) -
         y = torch.randint(0, mc.vocab_size, (tc.batch_size, tc.seq_len), device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
             # bound like the trainer's `_, loss = ...`: the logits live on through the optimizer step
-            # and the next step's forward, until the name is bound again
-            logits, loss = model(x, y)
+            # and the next step's forward, until the name is bound again (not `_` here: the loop rebinds
+            # that before the next forward)
+            _logits, loss = model(x, y)
         optimizer_step(model, opt, loss, tc.grad_clip)
 
 
@@ -382,4 +392,4 @@ class _RssSampler:
         return max(self.peak, _rss_now())
 
 
-__all__ = ["estimate_training_peak", "measure_training_peak", "forecast_parts", "framework_baseline_bytes"]
+__all__ = ["estimate_training_peak", "forecast_parts", "framework_baseline_bytes", "measure_training_peak"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -16,7 +17,6 @@ import torch.nn.functional as F
 
 from mfha.config import ModelConfig
 from mfha.heads import HeadSpec
-
 
 # The CPU flash-attention kernel costs more per head below head size ~12-16 than at 16 (fwd+bwd,
 # B8 T256: ~6 ms per head of 8, ~4 ms per head of 16), so on CPU the full-sequence pass (not cached
@@ -80,6 +80,8 @@ class KVCache:
 
 
 class MFHAttention(nn.Module):
+    rope: torch.Tensor  # a buffer: nn.Module's own typing makes every attribute a Tensor | Module
+
     def __init__(self, config: ModelConfig, spec: HeadSpec) -> None:
         super().__init__()
         # (hs, nh, n_kv) per size group, largest size first
@@ -97,7 +99,7 @@ class MFHAttention(nn.Module):
         self.register_buffer("rope", rope_tables(head_sizes, config.max_seq_len, config.rope_base), persistent=False)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         start = cache.length if cache is not None else 0
         qk, v = self.qkv(x).split([self.q_width + self.kv_width, self.kv_width], dim=-1)
         qk = apply_rope(qk, self.rope[start : start + T])
@@ -134,6 +136,8 @@ class MFHAttention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.mlp_hidden is None:
+            raise TypeError("ModelConfig.mlp_hidden is None, but ModelConfig.__post_init__ sets it.")
         self.gate_up = nn.Linear(config.dim, 2 * config.mlp_hidden, bias=False)
         self.down = nn.Linear(config.mlp_hidden, config.dim, bias=False)
 
@@ -160,6 +164,8 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.dim)
+        if config.layer_heads is None:
+            raise TypeError("ModelConfig.layer_heads is None, but ModelConfig.__post_init__ sets it.")
         self.blocks = nn.ModuleList(Block(config, spec) for spec in config.layer_heads)
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -177,7 +183,7 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, caches: list[KVCache] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, T = idx.shape
+        _, T = idx.shape
         start = caches[0].length if caches else 0
         if start + T > self.config.max_seq_len:
             raise ValueError(f"sequence of length {start + T} is longer than max_seq_len={self.config.max_seq_len}")
@@ -197,7 +203,7 @@ class GPT(nn.Module):
             KVCache(
                 batch_size,
                 self.config.max_seq_len,
-                block.attn.kv_width,
+                cast(Block, block).attn.kv_width,  # nn.ModuleList's typing yields plain Modules
                 device=device or p.device,
                 dtype=dtype or p.dtype,
             )
@@ -208,6 +214,8 @@ class GPT(nn.Module):
 def count_parameters(config: ModelConfig) -> int:
     """Exact parameter count of `GPT(config)` from the config alone (no tensors built)."""
     C = config.dim
+    if config.layer_heads is None or config.mlp_hidden is None:
+        raise TypeError("ModelConfig.layer_heads or mlp_hidden is None, but ModelConfig.__post_init__ sets both.")
     total = config.vocab_size * C + C  # tied embedding/output, final norm
     for spec in config.layer_heads:
         q_width = sum(hs * n for hs, n in spec.groups())
@@ -220,12 +228,12 @@ def count_parameters(config: ModelConfig) -> int:
 
 __all__ = [
     "GPT",
-    "MFHAttention",
+    "Block",
     "KVCache",
+    "MFHAttention",
     "RMSNorm",
     "SwiGLU",
-    "Block",
+    "apply_rope",
     "count_parameters",
     "rope_tables",
-    "apply_rope",
 ]

@@ -56,13 +56,13 @@ class Tokenizer:
     """A trained character-pair tokenizer; see the module docstring for how text maps to tokens."""
 
     def __init__(self, backend: _HFTokenizer) -> None:
-        ids = [backend.token_to_id(s) for s in SPECIALS]
-        if None in ids:
+        bos, eos, pad = (backend.token_to_id(s) for s in SPECIALS)
+        if bos is None or eos is None or pad is None:
             raise DataError(f"this tokenizer lacks the special tokens {', '.join(SPECIALS)}; it was not made by mfha.")
         # not serialized by `tokenizers`: without it, text spelling "<eos>" would encode as the special id
         backend.encode_special_tokens = True
         self._tok = backend
-        self._bos, self._eos, self._pad = ids
+        self._bos, self._eos, self._pad = bos, eos, pad
         self._vocab_size, self._nibbles = _layout(backend)
         self._high, self._low = self._nibbles.start, self._nibbles.start + len(HIGH_NIBBLES)
         self._char_lengths: np.ndarray | None = None
@@ -218,6 +218,8 @@ class Tokenizer:
                     lengths[i] = 0
                 elif i == self._eos:
                     lengths[i] = 1
+                elif s is None:  # an id with no token; TypeError as `len(None)` raised here before
+                    raise TypeError(f"token id {i} < vocab_size={self.vocab_size} has no token in this tokenizer.")
                 else:
                     lengths[i] = len(s)
             lengths.flags.writeable = False
@@ -291,4 +293,4 @@ def _assemble(vocab: dict[str, int], merges: list, *, split: bool) -> _HFTokeniz
     return tok
 
 
-__all__ = ["Tokenizer", "SPECIALS", "NIBBLE_TOKENS"]
+__all__ = ["NIBBLE_TOKENS", "SPECIALS", "Tokenizer"]

@@ -6,7 +6,6 @@ import torch
 from mfha import ModelConfig, TrainConfig, measure_cost, uniform
 from mfha.cost import REFERENCE, REFERENCE_BATCH
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the cost's CPU clock counts one thread
 
 

@@ -157,7 +157,7 @@ def test_missing_split(tmp_path):
     src = tmp_path / "only-train"
     src.mkdir()
     _write_jsonl(src / "train.jsonl", ["a story."] * 3)
-    with pytest.raises(DataError, match="train and a validation split, but .* has only: train"):
+    with pytest.raises(DataError, match=r"train and a validation split, but .* has only: train"):
         load_data(_cfg(str(src)), cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match="has only: train"):
         load_data(_cfg(str(src / "train.jsonl")), cache_dir=tmp_path / "cache")

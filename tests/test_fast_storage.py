@@ -9,7 +9,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState, create_trial
 
-from search._fast_storage import FastReadRDBStorage
+from search.store.fast import FastReadRDBStorage
 
 
 @pytest.fixture

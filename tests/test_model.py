@@ -10,7 +10,6 @@ from mfha.errors import ConfigError
 from mfha.heads import HeadSpec, explicit, fractal, geometric, uniform
 from mfha.model import GPT, MFHAttention, count_parameters
 
-
 # every model here is tiny: waking intra-op threads costs more than the ops on a busy machine
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

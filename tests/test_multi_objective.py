@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search._runner import name_objective
+from search.run.runner import name_objective
 from tests._cli import run_search, trials
 from tests.test_validation import token_study
 

@@ -18,8 +18,8 @@ from tests._cli import (
     kill_group,
     run_search,
     start,
-    trials,
     training_trial,
+    trials,
     wait_for,
 )
 

@@ -227,7 +227,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_a_storage_password_is_never_shown():
-    from search._report import verdict
+    from search.results.verdict import verdict
 
     v = verdict("s", [], None, [], storage_url="postgresql+psycopg://mfha:s3cret@db.example/mfha")
     assert (

@@ -7,6 +7,7 @@ import optuna
 import pytest
 
 from search import is_loopback, make_storage, render_loss_curve
+from tests._cli import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,12 +28,6 @@ def test_loss_curve_png(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     render_loss_curve(history[:1], tmp_path / "one.png", "a pruned trial's single point")
     assert (tmp_path / "one.png").stat().st_size > 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from optuna.trial import TrialState
 
 from mfha import GPT, ModelConfig
 from search import load_study_file
+from tests._cli import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "studies" / "smoke.toml"
@@ -144,12 +144,6 @@ def test_export_then_training_reproduces_the_trial(smoke, tmp_path):
         final = float(list(csv.DictReader(f))[-1]["val_bpc"])
     # the target is 1%; same seed, data, thread count and CPU give the same sums, so it is far closer
     assert abs(final - best.value) / best.value < 1e-4, (final, best.value)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str):

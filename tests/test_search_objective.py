@@ -8,8 +8,8 @@ from optuna.trial import TrialState
 
 from mfha import uniform
 from search import Objective, TrialFailed, TrialSettings, artifact_store, make_storage, parse_study, prepare
-from search._pruners import MIB
-from search._space import Candidate
+from search.run.memory import MIB
+from search.study.space import Candidate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -3,7 +3,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search import MemoryAwarePruner, make_loss_pruner, parse_study
-from search._pruners import FORECAST_ATTR, MIB
+from search.run.memory import FORECAST_ATTR, MIB
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 GIB = 2**30

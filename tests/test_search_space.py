@@ -193,5 +193,5 @@ def test_needs_the_space_sampler():
 
 def test_vocab_sizes_must_cover_the_choices():
     config = parse_study({**RAW, "data": {"tokenizer_vocab": ["char", 256]}})
-    with pytest.raises(ConfigError, match="vocabulary size of every data.tokenizer_vocab choice"):
+    with pytest.raises(ConfigError, match=r"vocabulary size of every data.tokenizer_vocab choice"):
         SearchSpace(config, {None: 97})

@@ -48,7 +48,12 @@ def test_dashboard_binds_loopback_unless_told(tmp_path, host, expected, warns):
 
 def test_every_checkpoint_load_is_weights_only():
     calls = []
-    for path in [*REPO.glob("mfha/*.py"), *REPO.glob("search/*.py"), *REPO.glob("bench/*.py"), REPO / "run_search.py"]:
+    for path in [
+        *REPO.glob("mfha/*.py"),
+        *REPO.glob("search/**/*.py"),
+        *REPO.glob("bench/*.py"),
+        REPO / "run_search.py",
+    ]:
         for node in ast.walk(ast.parse(Path(path).read_text())):
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
                 kw = {k.arg: k.value for k in node.keywords}

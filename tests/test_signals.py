@@ -12,7 +12,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search import make_storage
-from search._runner import _Bars, drive
+from search.run.console import Bars as _Bars
+from search.run.runner import drive
 from tests._cli import (
     FINISHED,
     assert_consistent,
@@ -20,8 +21,8 @@ from tests._cli import (
     kill_group,
     run_search,
     start,
-    trials,
     training_trial,
+    trials,
     wait_for,
 )
 
@@ -89,7 +90,7 @@ def _drive(tmp_path, monkeypatch, signals: dict, total: int = 3):
 def test_sigterm_while_optuna_records_a_finished_trial_stops_cleanly(tmp_path, monkeypatch):
     # the CI flake: the signal landed while Optuna recorded a finished trial, whose bookkeeping then
     # raised UnboundLocalError ('updated_state') on top of the interrupt
-    completing = lambda trial_id, state, values=None: state == TrialState.COMPLETE  # noqa: E731
+    completing = lambda trial_id, state, values=None: state == TrialState.COMPLETE
     summary, ts, sent, objective = _drive(tmp_path, monkeypatch, {"set_trial_state_values": completing})
     assert sent and summary.interrupted and objective.closed
     assert [t.state for t in ts] == [TrialState.COMPLETE]

@@ -13,8 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search import make_storage
-from search._host import CoreShare
-from search._workers import SurplusTrial, TrialSlots, worker_threads
+from search.run.host import CoreShare
+from search.run.workers import SurplusTrial, TrialSlots, worker_threads
 from tests._cli import (
     FINISHED,
     REPO,
@@ -22,8 +22,8 @@ from tests._cli import (
     kill_group,
     run_search,
     start,
-    trials,
     training_trial,
+    trials,
     wait_for,
 )
 
@@ -94,7 +94,7 @@ def test_a_dead_workers_trial_is_failed_after_the_grace_period_and_queued_again(
 
 HOLD = """
 import sys
-from search._host import CoreShare
+from search.run.host import CoreShare
 share = CoreShare(int(sys.argv[2]), folder=sys.argv[1], cores=4)
 print(" ".join(map(str, sorted(share.held))), flush=True)
 sys.stdin.read()  # hold the cores until the test closes stdin or kills this process
@@ -166,7 +166,7 @@ def test_a_run_without_a_core_beside_single_threaded_holders_trains_at_once(tmp_
 
 
 def test_host_slots_can_be_turned_off(tmp_path, monkeypatch):
-    from search._host import share_cores
+    from search.run.host import share_cores
 
     monkeypatch.setenv("MFHA_HOST_SLOTS", "0")
     lines: list[str] = []

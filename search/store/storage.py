@@ -9,14 +9,17 @@ import os
 import re
 import time
 import warnings
+from difflib import get_close_matches
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from mfha.errors import ConfigError
-from search._fast_storage import FastReadRDBStorage  # Optuna's RDBStorage, bulk reads without the ORM
-from search._study_file import DEFAULT_STORAGE
+from search.store.fast import FastReadRDBStorage
+from search.study.types import DEFAULT_STORAGE
 
 HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 90  # three missed heartbeats: a trial this stale belongs to a dead worker
@@ -79,7 +82,7 @@ def make_storage(
             # documented way to recover a dead worker's trials
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
-            kwargs = dict(
+            kwargs: dict[str, Any] = dict(
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period if heartbeat_interval else None,
@@ -147,11 +150,7 @@ def _prepare_sqlite_file(db: Path, flag: str, create: bool) -> None:
                 f"{flag} points at {str(db)!r}, which does not exist; run a study first or pass the URL it used."
             )
         return
-    folder = db.parent if str(db.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create the storage folder {str(folder)!r} for {flag}: {e.strerror}.") from None
+    folder = make_folder(db.parent if str(db.parent) else Path("."), f"the storage folder {{folder}} for {flag}")
     if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
         raise ConfigError(
             f"the storage folder {str(folder)!r} is not writable; pass {flag} with a URL in a folder you can write."
@@ -174,9 +173,50 @@ def _tune_sqlite(storage: RDBStorage) -> None:
     storage.engine.dispose()  # connections opened during setup predate the listener
 
 
+def open_study(storage_url: str, name: str) -> optuna.Study:
+    storage = make_storage(storage_url, heartbeat_interval=None, create=False)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        near = get_close_matches(name, names, n=1)
+        hint = (
+            f"did you mean {near[0]!r}?"
+            if near
+            else (f"stored: {', '.join(sorted(names))}." if names else "it holds no study yet.")
+        )
+        raise ConfigError(f"--study {name!r} is not in {mask_url(storage_url)}; {hint}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def artifact_store(folder: str | Path) -> FileSystemArtifactStore:
+    """Optuna's file artifact store in `folder`, created if need be."""
+    folder = make_folder(folder, "the artifact folder {folder} (--artifacts)")
+    return FileSystemArtifactStore(str(folder))
+
+
+def make_folder(folder: str | Path, what: str) -> Path:
+    """`folder`, created with its parents; else one ConfigError line, "cannot create <what>: <why>."
+    (`what` names the folder and its flag, with `{folder}` where the path goes)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {what.format(folder=repr(str(folder)))}: {e.strerror}.") from None
+    return folder
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
-__all__ = ["make_storage", "mask_url", "sqlite_path", "default_artifacts_dir", "HEARTBEAT_INTERVAL_S", "GRACE_PERIOD_S"]
+__all__ = [
+    "make_storage",
+    "open_study",
+    "artifact_store",
+    "make_folder",
+    "mask_url",
+    "sqlite_path",
+    "default_artifacts_dir",
+    "HEARTBEAT_INTERVAL_S",
+    "GRACE_PERIOD_S",
+]

@@ -17,8 +17,9 @@ import os
 import random
 import socket
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -27,10 +28,10 @@ from optuna.trial import FrozenTrial
 
 from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import ConfigError
-from mfha.heads import HeadSpec
+from mfha.heads import HeadSpec, make_head_spec
 from mfha.model import count_parameters
-from search._study_file import FloatRange, IntRange, StudyConfig, domain_values, make_head_spec
-from search._views import sampler_view
+from search.study.types import FloatRange, IntRange, StudyConfig, domain_values
+from search.study.views import sampler_view
 
 DERIVED_PARAMS = ("n_layers", "dim")
 MAX_WASTED_SHARE = 0.10
@@ -75,14 +76,14 @@ class SpaceSampler(BaseSampler):
 
     def sample_relative(self, study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         # TPE ranks PRUNED trials by their last intermediate value through `study.direction`, which a
-        # multi-objective study refuses: there those values are val_bpc (search/_views.py)
+        # multi-objective study refuses: there those values are val_bpc (search/study/views.py)
         return self.base.sample_relative(sampler_view(study), trial, search_space)
 
     def sample_independent(
         self, study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
         fn = self._hooks.get((trial.number, param_name))
-        proposal = lambda: self.base.sample_independent(sampler_view(study), trial, param_name, param_distribution)  # noqa: E731
+        proposal = lambda: self.base.sample_independent(sampler_view(study), trial, param_name, param_distribution)
         return proposal() if fn is None else fn(proposal)
 
     def before_trial(self, study, trial: FrozenTrial) -> None:
@@ -143,9 +144,11 @@ class SearchSpace:
         vocab_choice = None if vocab_choice == "char" else vocab_choice
         mix = _choice(trial, "head_mix", s.head_mix)
         if mix == "shared":
-            families, specs = zip(self._suggest_heads(trial, ""))
+            heads = [self._suggest_heads(trial, "")]
         else:
-            families, specs = zip(self._suggest_heads(trial, "lower_"), self._suggest_heads(trial, "upper_"))
+            heads = [self._suggest_heads(trial, "lower_"), self._suggest_heads(trial, "upper_")]
+        families = tuple(family for family, _ in heads)
+        specs = tuple(spec for _, spec in heads)
         mlp_mult = _choice(trial, "mlp_mult", s.mlp_mult)
         lr = _suggest_domain(trial, "lr", s.lr)
         batch_size = _choice(trial, "batch_size", s.batch_size)
@@ -280,7 +283,7 @@ class SearchSpace:
 
     def _plan(self, specs: tuple[HeadSpec, ...], mlp_mult: float, vocab: int) -> tuple[dict[int, tuple[int, int]], str]:
         """{depth: (width, n_params)} for every depth that has a width inside the band, and why not if none."""
-        key = (tuple(tuple(s.sizes) for s in specs), mlp_mult, vocab)  # the count depends on the sizes only
+        key = (tuple(tuple(_sizes(s)) for s in specs), mlp_mult, vocab)  # the count depends on the sizes only
         if key not in self._plans:
             self._plans[key] = self._plan_uncached(specs, mlp_mult, vocab)
         return self._plans[key]
@@ -291,10 +294,12 @@ class SearchSpace:
         plan: dict[int, tuple[int, int]] = {}
         closest: tuple[float, str] = (math.inf, "")
         for depth in self.depths:
+
+            def count(w: int, d: int = depth) -> int:
+                return count_parameters(self.model_config(specs, d, w, mlp_mult, vocab))
+
             try:
-                counts = _LazyCounts(
-                    lambda w, d=depth: count_parameters(self.model_config(specs, d, w, mlp_mult, vocab)), self.widths
-                )
+                counts = _LazyCounts(count, self.widths)
                 i = bisect.bisect_left(counts, self.target)
             except ConfigError as e:
                 return {}, f"heads {' | '.join(s.render() for s in specs)}: {e}"
@@ -358,7 +363,8 @@ class _LazyCounts:
     """A sequence view of parameter count by width, computed on demand (for bisect)."""
 
     def __init__(self, fn: Callable[[int], int], widths: list[int]) -> None:
-        self.fn, self.widths, self.cache = fn, widths, {}
+        self.fn, self.widths = fn, widths
+        self.cache: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.widths)
@@ -367,6 +373,11 @@ class _LazyCounts:
         if i not in self.cache:
             self.cache[i] = self.fn(self.widths[i])
         return self.cache[i]
+
+
+def _sizes(spec: HeadSpec) -> list[int]:
+    assert spec.sizes is not None  # HeadSpec.__post_init__ derives it for every family
+    return spec.sizes
 
 
 def _layer_heads(specs: tuple[HeadSpec, ...], n_layers: int) -> HeadSpec | list[HeadSpec]:

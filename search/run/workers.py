@@ -19,15 +19,15 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mfha.errors import ConfigError, MFHAError
-from search._host import host_cores, wanted
+from search.run.host import host_cores, wanted
+from search.study.trials import FINISHED
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_S = 1.0
 SURPLUS = "surplus"
 
@@ -174,7 +174,8 @@ def run_workers(argv: list[str], workers: int, *, log: Callable[[str], None], co
 
 
 def _script() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run_search.py")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # search/run/ -> repo
+    return os.path.join(repo, "run_search.py")
 
 
 def _die_with_parent() -> None:

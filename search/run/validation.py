@@ -22,27 +22,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import ConfigError
-from search._evidence import BASELINE, mixes_sizes, validation_name
-from search._export import open_study
-from search._host import share_cores
-from search._objective import Objective, _set_attrs
-from search._pruners import MemoryAwarePruner
-from search._runner import (
-    FINISHED,
-    Prepared,
-    RunSummary,
-    _Bars,
-    _quiet_optuna,
-    check_objectives,
-    check_vocab_sizes,
-    drive,
-    name_objective,
-    open_run,
-    trial_settings,
-)
-from search._space import Candidate
-from search._study_file import StudyConfig, ValidationConfig, parse_study
-from search._workers import SurplusTrial
+from search.run.console import Bars, quiet_optuna
+from search.run.host import share_cores
+from search.run.memory import MemoryAwarePruner
+from search.run.objective import Objective, set_attrs
+from search.run.prepare import Prepared, check_vocab_sizes, open_run
+from search.run.runner import RunSummary, check_objectives, drive, name_objective, trial_settings
+from search.run.workers import SurplusTrial
+from search.store.storage import open_study
+from search.study.parser import parse_study
+from search.study.space import Candidate
+from search.study.trials import BASELINE, FINISHED, mixes_sizes, validation_name
+from search.study.types import StudyConfig, ValidationConfig
 
 
 @dataclass
@@ -161,7 +152,7 @@ class _Plan:
         return len(finished) - len(set(finished) & set(self.needed)) + len(self.needed)
 
 
-def _pair(t: FrozenTrial) -> tuple[int, int] | None:
+def _pair(t: FrozenTrial | optuna.Trial) -> tuple[int, int] | None:
     a = t.user_attrs
     return (int(a["source_trial"]), int(a["seed"])) if "source_trial" in a and "seed" in a else None
 
@@ -183,7 +174,7 @@ class _Retrain:
                 trial.set_user_attr("fail_reason", reason)
                 raise SurplusTrial(reason)
             pair = missing[0]
-            _set_attrs(trial, source_trial=pair[0], seed=pair[1])
+            set_attrs(trial, source_trial=pair[0], seed=pair[1])
         source, seed = pair
         src = self.plan.sources.get(source)
         if src is None:
@@ -260,7 +251,7 @@ def run_validation(
     """Retrain the selected configurations with fresh seeds until every pair is finished (or interrupted)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     v = resolve(config, top=top, seeds=seeds)
-    with _quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=log) as cores:
+    with quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=log) as cores:
         t_start = time.perf_counter()
         config = _with_trial_dataset(config, dataset)
         storage, prep = open_run(config, workers=workers, cache_dir=cache_dir)
@@ -269,7 +260,7 @@ def run_validation(
         settings.threads = cores.threads
         total = plan.total(study)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        bars = _Bars(study.study_name, total, finished, enabled=progress, log=log)
+        bars = Bars(study.study_name, total, finished, enabled=progress, log=log)
         objective = Objective(
             config, prep.space, prep.pruner, settings, progress=bars, propose=_Retrain(plan, dataset), reuse=False
         )
@@ -290,12 +281,12 @@ def enqueue_validation(
 ) -> None:
     """Create or resume the validation study and enqueue its missing pairs, for a supervisor whose
     workers then only take from the queue (so no two of them enqueue the same pair)."""
-    from search._runner import prepare
-    from search._storage import make_storage
+    from search.run.prepare import prepare
+    from search.store.storage import make_storage
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     v = resolve(config, top=top, seeds=seeds)
-    with _quiet_optuna():
+    with quiet_optuna():
         config = _with_trial_dataset(config, dataset)
         storage = make_storage(
             config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s

@@ -22,8 +22,9 @@ import fcntl
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 from mfha.errors import ConfigError
 
@@ -175,7 +176,7 @@ class CoreShare:
             self._release(slot)
         self._set_waiting(False)
 
-    def __enter__(self) -> "CoreShare":
+    def __enter__(self) -> CoreShare:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -187,7 +188,7 @@ class CoreShare:
                 return
             if slot in self.held:
                 continue
-            f = open(self.folder / f"slot-{slot}", "a+")
+            f = open(self.folder / f"slot-{slot}", "a+")  # noqa: SIM115 - open while the slot is held
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -210,7 +211,7 @@ class CoreShare:
         if waiting and self._waiting is None:
             path = self.folder / f"wait-{os.getpid()}-{id(self)}"
             tmp = path.with_suffix(".new")
-            f = open(tmp, "w")
+            f: IO = open(tmp, "w")  # noqa: SIM115 - open (locked) while this run waits
             fcntl.flock(f, fcntl.LOCK_EX)
             os.replace(tmp, path)  # appears already locked, so it never looks like a dead waiter's
             self._waiting = (f, path)
@@ -228,7 +229,7 @@ class CoreShare:
             if path == own or path.suffix == ".new":
                 continue
             try:
-                f = open(path)
+                f = open(path)  # noqa: SIM115 - closed by the `with` below; opening may fail alone
             except FileNotFoundError:  # its run took a core meanwhile
                 continue
             with f:
@@ -261,9 +262,13 @@ def preview(threads_flag: int | None, study_threads: int | None, workers: int, *
     )
     if not enabled():
         return f"{cores} cores, shared with no other run ({ENV}=0): {each}"
-    held = _holders(slots_folder(cache_dir), cores)
-    pids = sorted({pid for pid, _ in held.values()})
-    held = f"{len(held)} held by other runs (pids {', '.join(map(str, pids))})" if held else "none held by another run"
+    holders = _holders(slots_folder(cache_dir), cores)
+    pids = sorted({pid for pid, _ in holders.values()})
+    held = (
+        f"{len(holders)} held by other runs (pids {', '.join(map(str, pids))})"
+        if holders
+        else "none held by another run"
+    )
     return f"{cores} cores, {held}: {each}"
 
 

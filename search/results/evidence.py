@@ -13,23 +13,8 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search._stats import Interval, mean_interval
-
-VALIDATION_SUFFIX = ".validation"
-BASELINE = "baseline"
-
-
-def validation_name(search_name: str) -> str:
-    return search_name + VALIDATION_SUFFIX
-
-
-def mixes_sizes(model_config: dict) -> bool:
-    """True when some layer has heads of more than one size (MFHA); False for plain multi-head layers."""
-    heads = model_config["heads"]
-    specs = heads if isinstance(heads, list) else [heads]
-    from mfha.heads import HeadSpec
-
-    return any(len(set(HeadSpec.from_dict(dict(s)).sizes)) > 1 for s in specs)
+from search.results.stats import Interval, mean_interval
+from search.study.trials import mixes_sizes, objective_names, validation_name
 
 
 @dataclass
@@ -56,17 +41,6 @@ class Validated:
     @property
     def mean(self) -> float:
         return self.interval.mean
-
-
-def objective_names(study: optuna.Study) -> list[str]:
-    """What the study minimizes: ["val_bpc"], or ["val_bpc", "train_cost"] (a multi-objective study)."""
-    return list(study.metric_names or ["val_bpc"])
-
-
-def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials, best (lowest val_bpc, the first objective) first."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(done, key=lambda t: (t.values[0], t.number))
 
 
 def validated(search: optuna.Study, validation: optuna.Study) -> list[Validated]:
@@ -118,14 +92,10 @@ def load_validation(storage, search_name: str) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-__all__ = [
-    "Validated",
-    "validated",
-    "objective_names",
-    "ranked",
-    "load_validation",
-    "validation_name",
-    "mixes_sizes",
-    "VALIDATION_SUFFIX",
-    "BASELINE",
-]
+def validated_rows(study: optuna.Study) -> list[Validated]:
+    """The study's validated configurations (none when it was never validated), best mean first."""
+    validation = load_validation(study._storage, study.study_name)
+    return validated(study, validation) if validation is not None else []
+
+
+__all__ = ["Validated", "validated", "validated_rows", "load_validation"]

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field, replace
-from difflib import get_close_matches
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from mfha.config import ModelConfig, TrainConfig
+from mfha.config import ModelConfig, TrainConfig, steps_for_tokens
 from mfha.errors import ConfigError
-from search._evidence import Validated, load_validation, objective_names, ranked, validated
-from search._storage import make_storage, mask_url
+from search.results.evidence import Validated, validated_rows
+from search.store.storage import make_folder, open_study
+from search.study.trials import objective_names, ranked
 
 # [full_training] keys that do not change what `max_steps` steps of training compute
 NEUTRAL_FOR_CHECK = ("max_steps", "eval_interval", "eval_tokens")
@@ -39,20 +39,6 @@ class Exported:
     evidence: Validated | None = None  # its validation over fresh seeds, when it was the basis of the pick
     replaced: str | None = None  # the earlier export this one overwrote, e.g. "trial 3 of study 'smoke'"
     costs: dict[str, float] = field(default_factory=dict)  # a multi-objective study's search costs, by name
-
-
-def open_study(storage_url: str, name: str) -> optuna.Study:
-    storage = make_storage(storage_url, heartbeat_interval=None, create=False)
-    names = optuna.get_all_study_names(storage)
-    if name not in names:
-        near = get_close_matches(name, names, n=1)
-        hint = (
-            f"did you mean {near[0]!r}?"
-            if near
-            else (f"stored: {', '.join(sorted(names))}." if names else "it holds no study yet.")
-        )
-        raise ConfigError(f"--study {name!r} is not in {mask_url(storage_url)}; {hint}")
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 def export_trials(
@@ -101,7 +87,7 @@ def export_trials(
             )
         return _export_all(study, [(out, found[0], None)], Path(runs))
     # validated means over fresh seeds beat one lucky search value: they pick when they exist
-    evidence = _validated(study)
+    evidence = validated_rows(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     best = [by_number[v.source_trial] for v in evidence] if evidence else ranked(study)
     if not best:
@@ -132,9 +118,10 @@ def _export_tradeoff(
             raise ConfigError("--cost names the cost that --max-cost limits; drop it with --pareto.")
         if not front:
             raise ConfigError(f"study {study.study_name!r} has no COMPLETE trial to export yet; run it longer.")
-        evidence = {v.source_trial: v for v in _validated(study)}
-        picks = [(out / f"pareto{i + 1}-trial{t.number}", t, evidence.get(t.number)) for i, t in enumerate(front)]
+        by_trial = {v.source_trial: v for v in validated_rows(study)}
+        picks = [(out / f"pareto{i + 1}-trial{t.number}", t, by_trial.get(t.number)) for i, t in enumerate(front)]
         return _export_all(study, picks, runs)
+    assert max_cost is not None  # without --pareto, export() calls this for --max-cost only
     costs = names[1:]
     if cost is None and len(costs) > 1:
         raise ConfigError(
@@ -145,7 +132,7 @@ def _export_tradeoff(
         raise ConfigError(f"--cost must be one of the study's costs ({', '.join(costs)}), but got --cost {cost!r}.")
     i = names.index(cost)
     # validated means over fresh seeds, when the study was validated: the cost too is then a mean
-    evidence = [v for v in _validated(study) if cost in v.costs]
+    evidence = [v for v in validated_rows(study) if cost in v.costs]
     if evidence:
         within = [v for v in evidence if v.costs[cost].mean <= max_cost]
         if not within:
@@ -160,14 +147,14 @@ def _export_tradeoff(
     done = ranked(study)
     if not done:
         raise ConfigError(f"study {study.study_name!r} has no COMPLETE trial to export yet; run it longer.")
-    within = [t for t in done if t.values[i] <= max_cost]
-    if not within:
-        cheapest = min(done, key=lambda t: (t.values[i], t.number))
+    trials_within = [t for t in done if t.values[i] <= max_cost]
+    if not trials_within:
+        cheapest_trial = min(done, key=lambda t: (t.values[i], t.number))
         raise ConfigError(
-            f"no COMPLETE trial has {cost} <= {max_cost:g} (the cheapest, trial {cheapest.number}, has "
-            f"{cheapest.values[i]:.3f}); raise --max-cost."
+            f"no COMPLETE trial has {cost} <= {max_cost:g} (the cheapest, trial {cheapest_trial.number}, has "
+            f"{cheapest_trial.values[i]:.3f}); raise --max-cost."
         )
-    return _export_all(study, [(out, within[0], None)], runs)
+    return _export_all(study, [(out, trials_within[0], None)], runs)
 
 
 def _export_all(
@@ -213,19 +200,14 @@ def _in_steps(full_overrides: dict, tc: TrainConfig) -> dict:
     if "tokens" not in full_overrides:
         return dict(full_overrides)
     rest = {k: v for k, v in full_overrides.items() if k != "tokens"}
-    return {**rest, "max_steps": -(-full_overrides["tokens"] // (tc.batch_size * tc.seq_len))}
-
-
-def _validated(study: optuna.Study) -> list[Validated]:
-    validation = load_validation(study._storage, study.study_name)
-    return validated(study, validation) if validation is not None else []
+    return {
+        **rest,
+        "max_steps": steps_for_tokens(full_overrides["tokens"], batch_size=tc.batch_size, seq_len=tc.seq_len),
+    }
 
 
 def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, evidence: Validated | None) -> Exported:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create --out folder {str(folder)!r}: {e.strerror}.") from None
+    make_folder(folder, "--out folder {folder}")
     mc = ModelConfig.from_dict(t.user_attrs["model_config"])
     tc = TrainConfig.from_dict(t.user_attrs["train_config"])
     full_overrides = study.user_attrs.get("full_training", {})
@@ -273,7 +255,7 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, e
         }
     (folder / "trial.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     run_name = folder.name if folder.name else "export"
-    q = lambda p: shlex.quote(str(p))  # noqa: E731
+    q = lambda p: shlex.quote(str(p))
     command = f"python -m mfha.train --from {q(folder)} --out {q(runs / run_name)}"
     same = all(getattr(full, k) == getattr(tc, k) for k in tc.to_dict() if k not in NEUTRAL_FOR_CHECK)
     steps = t.user_attrs.get("steps") or tc.max_steps
@@ -297,198 +279,4 @@ def _export_one(study: optuna.Study, t: FrozenTrial, folder: Path, runs: Path, e
     )
 
 
-COLUMNS = [
-    "number",
-    "state",
-    "val_bpc",
-    "validated",
-    "role",
-    "n_params",
-    "n_layers",
-    "dim",
-    "heads",
-    "family",
-    "mlp_mult",
-    "lr",
-    "batch_size",
-    "tokens_per_s",
-    "peak_mem_mib",
-    "forecast_peak_mib",
-    "duration_s",
-    "reason",
-]
-
-
-def columns(study: optuna.Study) -> list[str]:
-    """COLUMNS, with a multi-objective study's costs (search and validated) after val_bpc."""
-    costs = objective_names(study)[1:]
-    i = COLUMNS.index("validated") + 1
-    return COLUMNS[:i] + costs + [f"validated_{c}" for c in costs] + COLUMNS[i:]
-
-
-def trial_rows(study: optuna.Study) -> list[dict]:
-    """One row per trial, the columns a person compares trials by (COLUMNS)."""
-    rows = []
-    costs = objective_names(study)[1:]
-    evidence = {v.source_trial: v for v in _validated(study)}
-    for t in study.get_trials(deepcopy=False):
-        a, p = t.user_attrs, t.params
-        v = evidence.get(t.number)
-        last = t.intermediate_values[t.last_step] if t.last_step is not None else None
-        rows.append(
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "val_bpc": t.values[0] if t.state == TrialState.COMPLETE else last,
-                **{name: a.get(name) for name in costs},
-                **{
-                    f"validated_{name}": v.costs[name].text(3) if v is not None and name in v.costs else None
-                    for name in costs
-                },
-                # the mean over the validation seeds ± its 95% interval, and how many seeds
-                "validated": f"{v.interval.text()} ({v.interval.n})" if v is not None else None,
-                "role": a.get("role"),
-                "n_params": a.get("n_params"),
-                "n_layers": p.get("n_layers"),
-                "dim": p.get("dim"),
-                "heads": a.get("heads"),
-                "family": a.get("family"),
-                "mlp_mult": p.get("mlp_mult", (a.get("model_config") or {}).get("mlp_mult")),
-                "lr": p.get("lr", (a.get("train_config") or {}).get("lr")),
-                "batch_size": p.get("batch_size", (a.get("train_config") or {}).get("batch_size")),
-                "tokens_per_s": a.get("tokens_per_s"),
-                "peak_mem_mib": a.get("peak_mem_mib"),
-                "forecast_peak_mib": a.get("forecast_peak_mib"),
-                "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
-                "reason": a.get("prune_reason")
-                or a.get("fail_reason")
-                or (f"same as trial {a['reused_from']}" if "reused_from" in a else ""),
-            }
-        )
-    return rows
-
-
-def validated_table(storage_url: str, name: str) -> str:
-    """The validated configurations, best mean first: the answer of `validate`."""
-    study = open_study(storage_url, name)
-    rows = [
-        {
-            "rank": i + 1,
-            "trial": v.source_trial,
-            "heads": v.heads,
-            "family": v.family,
-            "role": v.role,
-            "n_params": v.n_params,
-            "validated": v.interval.text(),
-            **{name: c.text(3) for name, c in v.costs.items()},
-            "seeds": " ".join(map(str, v.seeds)),
-            "search_val_bpc": v.search_value,
-            "tokens_per_s": round(v.tokens_per_s) if v.tokens_per_s else None,
-        }
-        for i, v in enumerate(_validated(study))
-    ]
-    if not rows:
-        return f"study {name!r} has no validated configuration yet; run: python run_search.py validate --study {name}"
-    table = format_table(rows, list(rows[0]))
-    return f"validated (mean val_bpc ± 95% interval over fresh seeds):\n{table}"
-
-
-def trials_frame(study: optuna.Study):
-    """`trial_rows` as a pandas DataFrame."""
-    import pandas as pd
-
-    return pd.DataFrame(trial_rows(study), columns=columns(study))
-
-
-def show(storage_url: str, name: str, *, top: int = 10, csv: str | Path | None = None) -> str:
-    """The top `top` trials (COMPLETE by val_bpc, then the rest by number) as text; --csv gets every trial.
-
-    A plain table rather than pandas': the command's time is mostly imports, and pandas' is 0.6 s
-    of about 2 s with 1,000 trials.
-    """
-    if top < 1:
-        raise ConfigError(f"--top must be a positive integer, but got {top=}.")
-    study = open_study(storage_url, name)
-    rows = trial_rows(study)
-    if csv is not None:
-        _write_csv(csv, rows, columns(study))
-    if not rows:
-        return f"study {name!r} has no trials yet."
-    rows.sort(key=lambda r: (r["state"] != "COMPLETE", r["val_bpc"] is None, r["val_bpc"] or 0.0, r["number"]))
-    return format_table(rows[:top], columns(study))
-
-
-def format_table(rows: list[dict], columns: list[str], *, max_width: int = 48) -> str:
-    """Right-aligned text columns: numbers from 1,000 up whole, smaller ones to 4 significant digits, None blank."""
-
-    def cell(v) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return f"{v:.0f}" if abs(v) >= 1e3 else f"{v:.4g}"
-        text = str(v)
-        return text if len(text) <= max_width else text[: max_width - 3] + "..."
-
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = [" ".join(c.rjust(w) for c, w in zip(columns, widths)).rstrip()]
-    lines += [" ".join(v.rjust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
-    return "\n".join(lines)
-
-
-def _write_csv(path: str | Path, rows: list[dict], fieldnames: list[str]) -> None:
-    import csv as csv_module
-
-    try:
-        with open(path, "w", newline="") as f:
-            writer = csv_module.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-    except OSError as e:
-        raise ConfigError(f"cannot write --csv {str(path)!r}: {e.strerror}.") from None
-
-
-def studies_frame(storage_url: str):
-    import pandas as pd
-
-    storage = make_storage(storage_url, heartbeat_interval=None, create=False)
-    rows = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        best = summary.best_trial
-        rows.append(
-            {
-                "study": summary.study_name,
-                "trials": len(states),
-                **{
-                    s.name.lower(): states.count(s)
-                    for s in (
-                        TrialState.COMPLETE,
-                        TrialState.PRUNED,
-                        TrialState.FAIL,
-                        TrialState.RUNNING,
-                        TrialState.WAITING,
-                    )
-                },
-                "best_val_bpc": best.values[0] if best else None,
-                "best_trial": best.number if best else None,
-                "started": summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else None,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-__all__ = [
-    "export_trials",
-    "objective_names",
-    "columns",
-    "show",
-    "format_table",
-    "trial_rows",
-    "trials_frame",
-    "studies_frame",
-    "open_study",
-    "ranked",
-    "Exported",
-]
+__all__ = ["export_trials", "Exported"]

@@ -8,6 +8,7 @@ limit; a crossing, an out-of-memory error or a crash ends that trial only, never
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -17,30 +18,35 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import optuna
-import psutil
 from optuna.trial import FrozenTrial, TrialState
 
 from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import MFHAError
-from mfha.memory import estimate_training_peak
-from search._child import serve
-from search._dashboard import upload_trial_artifacts, write_config_files, write_result_files
-from search._evidence import BASELINE
-from search._fast_storage import FastReadRDBStorage
-from search._pruners import FORECAST_ATTR, MIB, MemoryAwarePruner
-from search._space import Candidate, Infeasible, SearchSpace
-from search._study_file import StudyConfig
-from search._views import val_bpc_view
+from search.run.artifacts import upload_trial_artifacts, write_config_files, write_result_files
+from search.run.child import serve
+from search.run.forkserver import PRELOAD
+from search.run.memory import (
+    FORECAST_ATTR,
+    MIB,
+    MemoryAwarePruner,
+    forecast_peak,
+    measured_verdict,
+    rss,
+    trial_peak,
+    watcher,
+)
+from search.store.fast import FastReadRDBStorage
+from search.study.space import Candidate, Infeasible, SearchSpace
+from search.study.trials import BASELINE
+from search.study.types import StudyConfig
+from search.study.views import val_bpc_view
 
-# "__main__" too: the forkserver imports the main script once, so a trial process does not re-run
-# its imports (multiprocessing re-imports the main module in every child it did not inherit it from)
-# and torch._dynamo, which AdamW's first step imports: 2.5 s per trial otherwise (not needed in the study process)
-PRELOAD = ["__main__", "search._child", "torch._dynamo"]
 JOIN_TIMEOUT_S = 10.0
 
 
@@ -66,14 +72,6 @@ class TrialSettings:
     artifacts: Any = None  # an optuna ArtifactStore, or None for no uploads
     scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     watch_interval_s: float = 0.05
-
-
-def start_forkserver() -> None:
-    """Start the forkserver with torch and mfha imported; call early so that work overlaps other start-up."""
-    from multiprocessing import forkserver
-
-    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
-    forkserver.ensure_running()
 
 
 def config_key(model_config: ModelConfig, train_config: TrainConfig) -> str:
@@ -141,14 +139,14 @@ class Objective:
         try:
             cand = self.propose(trial)
         except Infeasible as e:
-            _set_attrs(trial, wasted=True, allocated=False, prune_kind="infeasible", prune_reason=f"infeasible: {e}")
+            set_attrs(trial, wasted=True, allocated=False, prune_kind="infeasible", prune_reason=f"infeasible: {e}")
             raise optuna.TrialPruned(f"infeasible: {e}") from None
         mc, tc = cand.model_config, cand.train_config
         key = config_key(mc, tc)
         earlier = _find_same(trial.study, key) if self.reuse else None
         if earlier is not None:
             return self._reuse(trial, earlier)
-        forecast = estimate_training_peak(mc, tc, self.settings.device, baseline_bytes=self.settings.baseline_bytes)
+        forecast = forecast_peak(mc, tc, self.settings.device, self.settings.baseline_bytes)
         trial.set_user_attr(FORECAST_ATTR, round(forecast / MIB, 1))
         attrs = {
             **cand.attrs,
@@ -160,7 +158,7 @@ class Objective:
         # the composed pruner sees the forecast before anything is allocated
         if self._should_prune(trial):
             reason = self.pruner.forecast_verdict(forecast / MIB) or "pruned before allocation"
-            _set_attrs(trial, **attrs, allocated=False, prune_kind="memory_forecast", prune_reason=reason)
+            set_attrs(trial, **attrs, allocated=False, prune_kind="memory_forecast", prune_reason=reason)
             self._upload(trial, lambda folder: write_config_files(folder, mc, tc))
             raise optuna.TrialPruned(reason)
         return self._train_in_child(trial, cand, attrs)
@@ -169,16 +167,19 @@ class Objective:
         for step, v in sorted(earlier.intermediate_values.items()):
             self._report(trial, v, step)
         keep = {k: v for k, v in earlier.user_attrs.items() if k not in ("reused_from", "role")}
-        _set_attrs(trial, **keep, reused_from=earlier.number)
+        set_attrs(trial, **keep, reused_from=earlier.number)
         if earlier.state == TrialState.COMPLETE:
-            return earlier.values if self.multi else earlier.value
+            if self.multi:
+                return earlier.values
+            assert earlier.value is not None  # a COMPLETE single-objective trial has its value
+            return earlier.value
         reason = f"same configuration as trial {earlier.number}: {earlier.user_attrs.get('prune_reason', 'pruned')}"
         trial.set_user_attr("prune_reason", reason)
         raise optuna.TrialPruned(reason)
 
     def _report(self, trial: optuna.Trial, value: float, step: int) -> None:
         """An intermediate val_bpc; in a multi-objective study (whose `Trial.report` Optuna refuses)
-        written to the storage directly, as the pruners' val_bpc view reads it (search/_views.py)."""
+        written to the storage directly, as the pruners' val_bpc view reads it (search/study/views.py)."""
         if not self.multi:
             trial.report(value, step)
             return
@@ -218,16 +219,17 @@ class Objective:
         loss_reason: str | None = None
         outcome: tuple = ("died",)
         try:
-            watcher = _watcher(proc.pid)
+            assert proc.pid is not None  # _start() and _take_spare() give started processes
+            proc_watch = watcher(proc.pid)
             # the child loads its data and builds its model meanwhile; its first evaluation waits for us
-            _set_attrs(trial, **attrs, allocated=True)
+            set_attrs(trial, **attrs, allocated=True)
             self._upload(trial, lambda folder: write_config_files(folder, mc, tc))
             while True:
                 self.check_interrupt()
                 ready = parent_conn.poll(s.watch_interval_s)
-                rss = _rss(watcher)
-                peak_rss = max(peak_rss, rss)
-                verdict = self._memory_verdict(rss, last_step)
+                rss_now = rss(proc_watch)
+                peak_rss = max(peak_rss, rss_now)
+                verdict = measured_verdict(self.pruner, s.device, s.ram_limit, rss_now, last_step)
                 if verdict is not None:
                     _kill(proc)
                     outcome = ("memory", verdict)
@@ -327,10 +329,8 @@ class Objective:
         if self._spare is not None:
             proc, conn = self._spare
             self._spare = None
-            try:
+            with contextlib.suppress(OSError):  # it is gone already; the join below reaps it
                 conn.send(None)
-            except OSError:
-                pass  # it is gone already; the join below reaps it
             conn.close()
             self._exiting.append(proc)
         self._reap(wait=True)
@@ -348,12 +348,6 @@ class Objective:
                 still.append(proc)
         self._exiting = still
 
-    def _memory_verdict(self, rss: int, step: int | None) -> str | None:
-        """The RAM limit holds for the trial process on every device (on CUDA the child enforces the GPU's)."""
-        if self.settings.device == "cpu":
-            return self.pruner.measured_verdict(rss, step)
-        return self.pruner.measured_verdict(rss, step, limit=self.settings.ram_limit, name="RAM")
-
     def _finish(
         self,
         trial: optuna.Trial,
@@ -368,10 +362,7 @@ class Objective:
         result = outcome[1] if outcome[0] == "done" else {}
         train_s = self._train_s = result.get("train_s", 0.0)
         last = history[-1] if history else {}
-        if self.settings.device == "cpu":
-            peak = max(peak_rss, int(last.get("peak_mem_bytes", 0)))
-        else:
-            peak = int(last.get("peak_mem_bytes", 0))
+        peak = trial_peak(self.settings.device, peak_rss, last)
         final = {"peak_mem_mib": round(peak / MIB, 1), "steps": last.get("step", 0), "tokens": last.get("tokens", 0)}
         if last:
             final["tokens_per_s"] = round(last["tokens_per_s"], 1)
@@ -395,7 +386,7 @@ class Objective:
                 f"out of memory: the trial process was killed (SIGKILL, likely the kernel's OOM killer) after step {final['steps']}",
             )
         if reason is not None:
-            _set_attrs(trial, **final, prune_kind=kind, prune_reason=reason)
+            set_attrs(trial, **final, prune_kind=kind, prune_reason=reason)
             raise optuna.TrialPruned(reason)
         if outcome[0] != "done" or not history:
             why = (
@@ -403,7 +394,7 @@ class Objective:
                 if outcome[0] == "error"
                 else f"the trial process exited with code {exitcode} without a result"
             )
-            _set_attrs(trial, **final, fail_reason=why)
+            set_attrs(trial, **final, fail_reason=why)
             raise TrialFailed(f"trial {trial.number} failed: {why}")
         costs = result.get("cost", {})
         for kind, c in costs.items():
@@ -412,7 +403,7 @@ class Objective:
             final[f"{kind}_cost_detail"] = {
                 k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items() if k != "kind"
             }
-        _set_attrs(trial, **final)
+        set_attrs(trial, **final)
         value = float(history[-1]["val_bpc"])
         if not self.multi:
             return value
@@ -436,7 +427,8 @@ def _find_same(study: optuna.Study, key: str) -> FrozenTrial | None:
     return None
 
 
-def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
+def set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
+    """User attrs in one storage write (FastReadRDBStorage), else one by one."""
     backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's cache wrapper
     if not isinstance(backend, FastReadRDBStorage):
         for k, v in attrs.items():
@@ -447,26 +439,10 @@ def _set_attrs(trial: optuna.Trial, **attrs: Any) -> None:
     trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
-def _watcher(pid: int) -> psutil.Process | None:
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:  # it failed and exited already; its message is in the pipe
-        return None
-
-
-def _rss(p: psutil.Process | None) -> int:
-    if p is None:
-        return 0
-    try:
-        return p.memory_info().rss
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return 0
-
-
 def _kill(proc: multiprocessing.process.BaseProcess) -> None:
     if proc.pid is not None and proc.is_alive():
         os.kill(proc.pid, signal.SIGKILL)
     proc.join(JOIN_TIMEOUT_S)
 
 
-__all__ = ["Objective", "TrialSettings", "TrialFailed", "config_key", "Progress", "start_forkserver"]
+__all__ = ["Objective", "TrialSettings", "TrialFailed", "config_key", "Progress", "set_attrs"]

@@ -16,7 +16,8 @@ from __future__ import annotations
 import datetime
 import json
 from collections import defaultdict
-from typing import Any, Container
+from collections.abc import Container
+from typing import Any
 
 from optuna.distributions import json_to_distribution
 from optuna.storages import RDBStorage
@@ -41,7 +42,8 @@ class FastReadRDBStorage(RDBStorage):
         trials = models.TrialModel.__table__
         where = [trials.c.study_id == study_id]
         if states is not None:
-            where.append(trials.c.state.in_(list(states)))
+            # Optuna types `states` as a Container, not an iterable: ask each state instead of iterating
+            where.append(trials.c.state.in_([s for s in TrialState if s in states]))
         if included and trial_id_greater_than > -1:
             where.append(or_(trials.c.trial_id.in_(included), trials.c.trial_id > trial_id_greater_than))
         elif trial_id_greater_than > -1:
@@ -127,7 +129,7 @@ class FastReadRDBStorage(RDBStorage):
         if state != TrialState.RUNNING or values is not None:
             return super().set_trial_state_values(trial_id, state, values)
         now = datetime.datetime.now()
-        start = now.astimezone(datetime.timezone.utc).replace(tzinfo=None) if _UTC_COLUMNS else now
+        start = now.astimezone(datetime.UTC).replace(tzinfo=None) if _UTC_COLUMNS else now
         trials = models.TrialModel.__table__
         with self.engine.begin() as conn:
             taken = conn.execute(
@@ -161,7 +163,7 @@ def _children(conn, model, ids, order: str, *columns: str) -> dict[int, list[tup
 def _local(value: datetime.datetime | None) -> datetime.datetime | None:
     if value is None or not _UTC_COLUMNS:
         return value
-    return value.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
+    return value.replace(tzinfo=datetime.UTC).astimezone().replace(tzinfo=None)
 
 
 __all__ = ["FastReadRDBStorage"]

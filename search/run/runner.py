@@ -4,46 +4,36 @@ study holds `n_trials` finished trials (COMPLETE + PRUNED), a progress bar, clea
 
 from __future__ import annotations
 
-import logging
 import os
-import random
-import signal
 import socket
 import sys
 import time
 import warnings
 from collections import Counter
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import optuna
-import psutil
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from mfha.errors import ConfigError, MFHAError
-from optuna.storages import RDBStorage
+from search.run.artifacts import save_study_note, study_note
+from search.run.console import Bars, Interrupts, quiet_optuna
+from search.run.host import CoreShare, share_cores
+from search.run.memory import fmt_bytes
+from search.run.objective import Objective, TrialFailed, TrialSettings
+from search.run.prepare import Prepared, check_vocab_sizes, open_run
+from search.run.workers import SurplusTrial, TrialSlots, worker_threads
+from search.store.storage import artifact_store, default_artifacts_dir, make_storage, mask_url, sqlite_path
+from search.study.trials import BASELINE, FINISHED, best_trial
+from search.study.types import StudyConfig
 
-from search._dashboard import artifact_store, save_study_note, study_note
-from search._evidence import BASELINE, objective_names, ranked
-from search._host import CoreShare, share_cores
-from search._objective import Objective, TrialFailed, TrialSettings
-from search._pruners import MemoryAwarePruner, fmt_bytes, make_loss_pruner
-from search._space import MAX_WASTED_SHARE, SearchSpace
-from search._storage import default_artifacts_dir, make_storage, mask_url, sqlite_path
-from search._study_file import StudyConfig
-from search._workers import SurplusTrial, TrialSlots, worker_threads
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_FAILS_IN_A_ROW = 5
 # what an interrupted trial's retry keeps besides its params: a baseline stays one, a validation
 # trial keeps the configuration and seed it retrains
 QUEUE_ATTRS = ("role", "source_trial", "seed")
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised where SIGINT would raise KeyboardInterrupt, so both end a trial the same way."""
 
 
 @dataclass
@@ -73,69 +63,6 @@ class RunSummary:
         return f"study {self.study_name!r}: {counts}; {best}; {self.new_trials} new trials in {self.wall_s:.0f} s"
 
 
-@dataclass
-class Prepared:
-    """A study's resolved pieces: vocabulary sizes, the space, limits and the pruner."""
-
-    config: StudyConfig
-    space: SearchSpace
-    vocab_sizes: dict
-    device: str
-    ram_limit: int
-    gpu_limit: int | None
-    baseline_bytes: int | None
-    pruner: MemoryAwarePruner
-    cache_dir: Path
-
-
-def prepare(config: StudyConfig, *, workers: int = 1, cache_dir: str | Path | None = None) -> Prepared:
-    """Everything a run needs before its first trial; each user mistake is one ConfigError line."""
-    from mfha.data import default_cache_dir, load_data
-    from mfha.memory import estimate_training_peak
-
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    vocab_sizes = {}
-    for v in config.vocab_choices:
-        # one load per vocabulary fills the cache every trial reads from in milliseconds
-        vocab_sizes[v] = load_data(config.train_config(tokenizer_vocab=v), cache_dir=cache).tokenizer.vocab_size
-        if v is not None and vocab_sizes[v] < v // 2:
-            raise ConfigError(
-                f"data.tokenizer_vocab={v} is more than the training slice supports (the tokenizer stopped at "
-                f"{vocab_sizes[v]} tokens); lower data.tokenizer_vocab or raise data.max_train_stories, but got data.tokenizer_vocab={v}."
-            )
-    space = SearchSpace(config, vocab_sizes)
-    space.check_budget()
-    share, example = space.infeasible_share()
-    if share > MAX_WASTED_SHARE:
-        raise ConfigError(
-            f"{share:.0%} of the space cannot meet budget.params={config.budget_params:,} ± {config.budget_tolerance:.0%} "
-            f"(at most {MAX_WASTED_SHARE:.0%} may be wasted), e.g. {example}; widen budget.tolerance or space.width/space.depth, "
-            f"or drop the head choices that do not fit."
-        )
-    device = _resolve_device(config.train_config().device)
-    p = config.pruning
-    ram_limit = _resolve_ram_limit(p.ram_limit, p.ram_auto_share, workers)
-    gpu_limit = _resolve_gpu_limit(p.gpu_memory_limit, p.ram_auto_share, workers) if device == "cuda" else None
-    baseline = _trial_baseline(config, cache, workers) if device == "cpu" else None
-    memory_limit = ram_limit if device == "cpu" else gpu_limit
-    if memory_limit is not None:
-        smallest = _smallest_forecast(space, device, baseline, estimate_training_peak)
-        if smallest is not None and smallest > memory_limit:
-            key = "pruning.ram_limit" if device == "cpu" else "pruning.gpu_memory_limit"
-            raise ConfigError(
-                f"{key}={fmt_bytes(memory_limit)} is below the smallest model in the space (forecast "
-                f"{fmt_bytes(smallest)}{', framework ' + fmt_bytes(baseline) if baseline else ''}); raise {key} or shrink the space/batch."
-            )
-    pruner = MemoryAwarePruner(
-        make_loss_pruner(p, max_steps=config.max_resource, eval_interval=config.eval_every),
-        memory_limit=memory_limit,
-        kind=p.pruner,
-        memory_name="RAM" if device == "cpu" else "GPU memory",
-        step_unit=config.step_unit,
-    )
-    return Prepared(config, space, vocab_sizes, device, ram_limit, gpu_limit, baseline, pruner, cache)
-
-
 def run_study(
     config: StudyConfig,
     *,
@@ -149,7 +76,7 @@ def run_study(
     """Run (or resume) the study until it holds config.n_trials finished trials or config.timeout_s passes."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     # first, so the run's first line says how many threads it got and why
-    with _quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=log) as cores:
+    with quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=log) as cores:
         return _run_study(
             config,
             artifacts=artifacts,
@@ -186,7 +113,7 @@ def _run_study(
             else f"{config.train_config().max_steps:,} steps per trial"
         )
     )
-    bars = _Bars(config.name, total, finished, enabled=progress, log=log)
+    bars = Bars(config.name, total, finished, enabled=progress, log=log)
     objective = Objective(config, prep.space, prep.pruner, settings, progress=bars)
     return drive(
         study,
@@ -202,21 +129,9 @@ def _run_study(
     )
 
 
-def open_run(config: StudyConfig, *, workers: int, cache_dir) -> tuple[RDBStorage, Prepared]:
-    """The storage (a bad URL or an unwritable folder is reported before the forkserver starts), then
-    the forkserver, whose imports overlap the data and baseline work of `prepare`."""
-    from search._objective import start_forkserver
-
-    storage = make_storage(
-        config.storage, heartbeat_interval=config.heartbeat_interval_s, grace_period=config.grace_period_s
-    )
-    start_forkserver()
-    return storage, prepare(config, workers=workers, cache_dir=cache_dir)
-
-
 def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, parallel: bool, log) -> optuna.Study:
     """The search study, created or resumed, with the study file and note stored; a new one gets its baselines."""
-    with _quiet_optuna():
+    with quiet_optuna():
         study = optuna.create_study(
             study_name=config.name,
             storage=storage,
@@ -256,19 +171,6 @@ def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, pa
                 "baselines: none (the space has no uniform heads; list some in [baselines] params or add 'uniform' to space.families)"
             )
     return study
-
-
-def check_vocab_sizes(study: optuna.Study, prep: Prepared) -> dict[str, int]:
-    """The vocabulary sizes of this run, which must be the ones the study was searched with: widths were
-    solved for them, and a run on other data or another tokenizer version would build other models."""
-    now = {("char" if k is None else str(k)): v for k, v in prep.vocab_sizes.items()}
-    stored = study.user_attrs.get("vocab_sizes")
-    if stored is not None and any(stored.get(k, v) != v for k, v in now.items()):
-        raise ConfigError(
-            f"study {study.study_name!r} was searched with vocabulary sizes {stored}, but this data and tokenizer give {now} "
-            f"(another --dataset slice, or a tokenizer change); rerun on the same data, or pick a new study.name."
-        )
-    return {**(stored or {}), **now}
 
 
 def check_objectives(study: optuna.Study, config: StudyConfig) -> None:
@@ -319,7 +221,7 @@ def drive(
     study: optuna.Study,
     storage: RDBStorage,
     objective: Objective,
-    bars: _Bars,
+    bars: Bars,
     *,
     total: int | None,
     timeout_s: float | None,
@@ -333,13 +235,13 @@ def drive(
     started_before = _started(study)
     interrupted = False
     deadline = time.monotonic() + timeout_s if timeout_s else None
-    stop = _Interrupts()
+    stop = Interrupts()
     slots = TrialSlots(total, deadline=deadline, log=log, check=stop.check) if total is not None else None
     objective.check_interrupt = stop.check
     # which machine and process ran a trial, for the dashboard; written with the trial's other attrs
     objective.extra_attrs = {"worker": f"{socket.gethostname()}:{os.getpid()}", "threads": objective.settings.threads}
 
-    def run_trial(trial: optuna.Trial) -> float:
+    def run_trial(trial: optuna.Trial) -> float | list[float]:
         objective.current_trial_id, objective.current_trial_number = trial._trial_id, trial.number
         stop.check()
         if slots is not None:
@@ -348,13 +250,15 @@ def drive(
             objective.settings.threads = objective.extra_attrs["threads"] = cores.refresh()
         return objective(trial)
 
-    callbacks = [bars.after_trial, fails] + ([slots.after_trial] if slots is not None else [])
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [bars.after_trial, fails]
+    if slots is not None:
+        callbacks.append(slots.after_trial)
     timings = dict(timings or {})
     t_loop = time.perf_counter()
     with stop:  # signals during the closing writes below are noted, never raised
         try:
             if cores is not None:
-                cores.wait(stop.check)  # for a core that a multi-threaded run gives back (search/_host.py)
+                cores.wait(stop.check)  # for a core that a multi-threaded run gives back (search/run/host.py)
             if slots is None or slots.wait_for_slot(study):
                 study.optimize(run_trial, timeout=timeout_s, catch=(TrialFailed, SurplusTrial), callbacks=callbacks)
             stop.check()  # a signal that came while Optuna recorded the last trial
@@ -369,7 +273,7 @@ def drive(
         raise MFHAError(fails.message)
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
-    best = _best(study)
+    best = best_trial(study)
     return RunSummary(
         study.study_name,
         mask_url(storage.url),
@@ -405,7 +309,7 @@ def summarize(storage_url: str, name: str, *, before: int = 0, wall_s: float = 0
     study = optuna.load_study(study_name=name, storage=make_storage(storage_url, heartbeat_interval=None))
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
-    best = _best(study)
+    best = best_trial(study)
     return RunSummary(
         name,
         mask_url(storage_url),
@@ -424,11 +328,6 @@ def _masked_raw(config: StudyConfig) -> dict:
     if "storage" in raw.get("study", {}):
         raw["study"]["storage"] = mask_url(raw["study"]["storage"])
     return raw
-
-
-def _best(study: optuna.Study) -> FrozenTrial | None:
-    """The COMPLETE trial with the lowest val_bpc (the first objective of a multi-objective study)."""
-    return next(iter(ranked(study)), None)
 
 
 def _pareto(study: optuna.Study) -> int | None:
@@ -456,12 +355,6 @@ def _close_interrupted(study: optuna.Study, storage, objective: Objective) -> No
         study.enqueue_trial(params, user_attrs={**carried, "retry_of": trial.number})
 
 
-def objective_text(study: optuna.Study, trial: FrozenTrial) -> str:
-    """A COMPLETE trial's values by name: "val_bpc 1.2345" or "val_bpc 1.2345, train_cost 0.871"."""
-    names = objective_names(study)
-    return ", ".join(f"{n} {v:.4f}" if i == 0 else f"{n} {v:.3f}" for i, (n, v) in enumerate(zip(names, trial.values)))
-
-
 class _FailGuard:
     """Stops the study after MAX_FAILS_IN_A_ROW failed trials: the same error would repeat forever."""
 
@@ -482,180 +375,16 @@ class _FailGuard:
             study.stop()
 
 
-class _Bars:
-    """A bar over trials and one over the running trial's steps; a line per finished trial."""
-
-    def __init__(self, name: str, total: int | None, initial: int, *, enabled: bool, log) -> None:
-        self.enabled = enabled
-        self.log = log
-        self.trials = self.steps = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.trials = tqdm(
-                total=total, initial=initial, desc=name, unit="trial", position=0, dynamic_ncols=True, file=sys.stderr
-            )
-            self.steps = tqdm(
-                total=1, desc="trial", unit="step", position=1, leave=False, dynamic_ncols=True, file=sys.stderr
-            )
-
-    def trial_started(self, number: int, steps: int, label: str) -> None:
-        if self.steps is not None:
-            self.steps.reset(total=steps)
-            self.steps.set_description(f"trial {number}: {label}")
-
-    def trial_eval(self, step: int, metrics: dict) -> None:
-        if self.steps is not None:
-            self.steps.update(step - self.steps.n)
-            self.steps.set_postfix(val_bpc=f"{metrics['val_bpc']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        a = trial.user_attrs
-        what = (
-            objective_text(study, trial)
-            if trial.state == TrialState.COMPLETE
-            else a.get("prune_reason") or a.get("fail_reason", "")
-        )
-        desc = f"{a['heads']} ({a['n_params']:,} params)" if "heads" in a else ""
-        if "source_trial" in a:
-            desc += f", trial {a['source_trial']} seed {a['seed']}"
-        secs = trial.duration.total_seconds() if trial.duration else 0.0
-        line = f"trial {trial.number} {trial.state.name.lower()} in {secs:.1f} s: {desc} {what}".replace("  ", " ")
-        if self.trials is not None:
-            self.trials.write(line, file=sys.stderr)
-            if trial.state in FINISHED:
-                self.trials.update(1)
-            best = _best(study)
-            if best is not None:
-                self.trials.set_postfix(best=f"{best.values[0]:.4f}")
-        else:
-            self.log(line)
-
-    def close(self) -> None:
-        for bar in (self.steps, self.trials):
-            if bar is not None:
-                bar.close()
-
-
-@contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    """Our own line per trial replaces Optuna's (which would repeat a FAIL's traceback)."""
-    old = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(logging.ERROR)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(old)
-
-
-class _Interrupts:
-    """SIGINT and SIGTERM, raised (as KeyboardInterrupt / Interrupted) only where nothing is half-written.
-
-    A Python signal handler runs at whatever line the main thread is on. A handler that raised there
-    could land inside Optuna's bookkeeping: while it recorded a finished trial, `_run_trial` then
-    failed with UnboundLocalError ('updated_state') on top of the interrupt (the CI flake of the
-    `--workers` SIGTERM test); while it created a trial, that trial stayed RUNNING. So the handler
-    only notes the signal, and `check()` raises it once, where this run's own code waits: the
-    training loop, the slot waits, the start of a trial, the end of the loop. Signals that come while
-    the interrupted trial is closed (a second Ctrl-C, the kernel's SIGTERM when a supervisor dies)
-    are noted and ignored, so the closing writes finish.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.raised = False
-        self._old: dict = {}
-
-    def note(self, signum: int, frame) -> None:
-        self.signum = self.signum or signum
-
-    def check(self) -> None:
-        if self.signum is not None and not self.raised:
-            self.raised = True
-            raise KeyboardInterrupt() if self.signum == signal.SIGINT else Interrupted()
-
-    def __enter__(self) -> "_Interrupts":
-        try:
-            self._old = {s: signal.signal(s, self.note) for s in self.SIGNALS}
-        except ValueError:  # not the main thread: signals stay as they are, check() never raises
-            self._old = {}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            'training.device is \'cuda\' but no CUDA device is available; set training.device = "cpu" or "auto".'
-        )
-    return device
-
-
-def _resolve_ram_limit(value: int | str, share: float, workers: int) -> int:
-    if value == "auto":
-        # the workers on this machine share what is available now
-        return int(psutil.virtual_memory().available * share / workers)
-    return int(value)
-
-
-def _resolve_gpu_limit(value: int | str | None, share: float, workers: int) -> int | None:
-    if value is None:
-        return None
-    if value == "auto":
-        import torch
-
-        return int(torch.cuda.get_device_properties(0).total_memory * share / workers)
-    return int(value)
-
-
-def _trial_baseline(config: StudyConfig, cache: Path, workers: int) -> int:
-    """The CPU forecast's baseline: the RSS of a real trial process as its trial starts, measured once
-    per run (it depends on what the forkserver imported, the main script among them)."""
-    from search._child import trial_baseline_bytes
-    from search._objective import start_forkserver
-
-    start_forkserver()  # no-op when running; else started with the trials' preload, as they would start it
-    preload = [config.train_config(tokenizer_vocab=v).to_dict() for v in config.vocab_choices]
-    return trial_baseline_bytes(
-        {"cache_dir": str(cache), "threads": worker_threads(config.threads, workers), "preload": preload}
-    )
-
-
-def _smallest_forecast(space: SearchSpace, device: str, baseline: int | None, estimate) -> int | None:
-    """The lowest forecast peak over random points of the space at its smallest batch size."""
-    rng = random.Random(0)
-    batch = min(space.space.batch_size)
-    best = None
-    for _ in range(64):
-        cand = space.draw(rng, batch_size=batch)
-        if cand is not None:
-            f = estimate(cand.model_config, cand.train_config, device, baseline_bytes=baseline)
-            best = f if best is None else min(best, f)
-    return best
-
-
 __all__ = [
     "run_study",
-    "prepare",
-    "check_vocab_sizes",
-    "check_objectives",
-    "objective_text",
-    "count_trials",
-    "summarize",
-    "open_run",
     "search_study",
+    "check_objectives",
+    "name_objective",
     "trial_settings",
     "drive",
+    "count_trials",
+    "summarize",
     "RunSummary",
-    "Prepared",
-    "Interrupted",
+    "QUEUE_ATTRS",
+    "MAX_FAILS_IN_A_ROW",
 ]

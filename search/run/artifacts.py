@@ -1,15 +1,13 @@
-"""optuna-dashboard with an artifact store: each trial's configs, metrics.csv and loss curve, and a
-study note (markdown) that summarises the study file and the budget.
+"""What a trial leaves for the dashboard: its configs, metrics.csv and loss curve as Optuna
+artifacts, and the study's note (markdown) summarising the study file and the budget.
 """
 
 from __future__ import annotations
 
 import csv
-import ipaddress
+import itertools
 import json
 import math
-import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +15,9 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from mfha.config import ModelConfig, TrainConfig
-from mfha.errors import ConfigError
-from search._storage import default_artifacts_dir, make_storage, mask_url
-from search._study_file import StudyConfig, domain_values
-from search._pruners import fmt_bytes
-
-
-def artifact_store(folder: str | Path) -> FileSystemArtifactStore:
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create the artifact folder {str(folder)!r} (--artifacts): {e.strerror}.") from None
-    return FileSystemArtifactStore(str(folder))
+from search.run.memory import fmt_bytes
+from search.store.storage import mask_url
+from search.study.types import StudyConfig, domain_values
 
 
 def write_config_files(folder: Path, model_config: ModelConfig, train_config: TrainConfig) -> list[Path]:
@@ -76,8 +64,8 @@ def render_loss_curve(history: list[dict], path: Path, title: str) -> None:
         x0, x1 = x0 - 1, x1 + 1
     pad = (y1 - y0) * 0.08 or 0.5
     y0, y1 = y0 - pad, y1 + pad
-    px = lambda x: left + (x - x0) / (x1 - x0) * (W - left - right)  # noqa: E731
-    py = lambda y: top + (y1 - y) / (y1 - y0) * (H - top - bottom)  # noqa: E731
+    px = lambda x: left + (x - x0) / (x1 - x0) * (W - left - right)
+    py = lambda y: top + (y1 - y) / (y1 - y0) * (H - top - bottom)
     for y in _ticks(y0, y1):
         d.line([(left, py(y)), (W - right, py(y))], fill=(228, 228, 228))
         d.text((left - 6, py(y)), f"{y:g}", fill="black", font=font, anchor="rm")
@@ -92,7 +80,7 @@ def render_loss_curve(history: list[dict], path: Path, title: str) -> None:
         d.line(val_pts, fill=blue, width=2)
     for x, y in val_pts:
         d.ellipse([(x - 3, y - 3), (x + 3, y + 3)], fill=blue)
-    for (xa, ya), (xb, yb) in zip(trn_pts, trn_pts[1:]):
+    for (xa, ya), (xb, yb) in itertools.pairwise(trn_pts):
         for k in range(0, 10, 2):  # dashed: every other tenth of the segment
             d.line(
                 [
@@ -178,59 +166,11 @@ def save_study_note(study: optuna.Study, text: str) -> None:
         optuna_dashboard.save_note(study, text)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def serve(storage_url: str, *, host: str = "127.0.0.1", port: int = 8080, artifacts: str | Path | None = None) -> None:
-    """Serve optuna-dashboard until interrupted (blocking)."""
-    import optuna_dashboard
-
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise ConfigError(f"--port must be in 1..65535, but got {port=}.")
-    storage = make_storage(storage_url, heartbeat_interval=None, create=False)
-    folder = Path(artifacts) if artifacts is not None else default_artifacts_dir(storage_url)
-    store = artifact_store(folder)
-    _check_port_free(host, port)
-    if not is_loopback(host):
-        print(
-            f"warning: the dashboard listens on {host}, reachable from other machines, with no authentication; "
-            f"anyone who can reach {host}:{port} can read and edit the studies.",
-            file=sys.stderr,
-        )
-    print(
-        f"dashboard: http://{host}:{port}/dashboard  storage {mask_url(storage_url)}  artifacts {folder}",
-        file=sys.stderr,
-        flush=True,
-    )
-    optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise ConfigError(
-                f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host."
-            ) from None
-
-
 __all__ = [
-    "serve",
-    "artifact_store",
     "write_config_files",
     "write_result_files",
     "render_loss_curve",
     "upload_trial_artifacts",
     "study_note",
     "save_study_note",
-    "is_loopback",
 ]

@@ -11,6 +11,7 @@ Messages to the parent:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import time
@@ -46,7 +47,7 @@ def serve(conn: Connection, common: dict[str, Any]) -> None:
 def trial_baseline_bytes(common: dict[str, Any]) -> int:
     """RSS of a trial process at the moment its trial starts: forked from the forkserver, its data
     mapped, warmed up. The CPU memory forecast's baseline for trials; start the forkserver first
-    (search._objective.start_forkserver), as a trial's process is started from that one.
+    (search.run.forkserver.start_forkserver), as a trial's process is started from that one.
 
     A fresh process's figure (mfha.memory.framework_baseline_bytes) does not hold here: a forked
     process counts only the library pages it touches itself, and the forkserver's own imports (the
@@ -180,10 +181,8 @@ def _warm_up(data, tc: TrainConfig) -> None:
         warmup_steps=0,
         max_time_s=None,
     )
-    try:
+    with contextlib.suppress(MFHAError):  # a slice too short for even this: the trial itself reports it
         train(model, warm, data=data)
-    except MFHAError:
-        pass  # a slice too short for even this: the trial itself reports it
 
 
 def _data_key(tc: TrainConfig) -> tuple:
