@@ -71,6 +71,11 @@ def _run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
     )
     if args.device:
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("--device cuda, but no CUDA device is available here; pass --device cpu or auto.")
         config.training["device"] = args.device
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
@@ -135,15 +140,20 @@ def _supervise(args: argparse.Namespace, config) -> int:
     import time
 
     from search import count_trials, make_storage, prepare, run_workers, search_study, summarize
+    from search.run.console import HeldLog
     from search.run.host import preview
+    from search.run.runner import removed_if_failed
 
     t0 = time.perf_counter()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    log(preview(args.threads, config.threads, args.workers))  # each worker then says what it got
-    storage = make_storage(config.storage)
-    prep = prepare(config, workers=args.workers)  # also fills the data cache every worker reads
-    # created here, so a new study's baselines are enqueued once, not by every worker that finds it empty
-    search_study(config, prep, storage, parallel=True, log=log)
+    held = HeldLog(log)  # until the checks have passed: a mistake is the one line the user sees
+    held(preview(args.threads, config.threads, args.workers))  # each worker then says what it got
+    with removed_if_failed(config.storage):
+        storage = make_storage(config.storage)
+        prep = prepare(config, workers=args.workers)  # also fills the data cache every worker reads
+        # created here, so a new study's baselines are enqueued once, not by every worker that finds it empty
+        search_study(config, prep, storage, parallel=True, log=held)
+    held.release()
     before = count_trials(config.storage, config.name)
     codes = run_workers(_argv(args), args.workers, log=log)
     summary = summarize(config.storage, config.name, before=before, wall_s=time.perf_counter() - t0)
@@ -344,12 +354,21 @@ def _add_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help="SQLAlchemy URL (default %(default)s)")
     p.add_argument("--top", type=int, default=10, metavar="K", help="rows to print (default %(default)s)")
     p.add_argument("--csv", metavar="FILE", help="also write every trial to this CSV file")
+    p.add_argument(
+        "--study-file",
+        action="store_true",
+        help="print the study file the study was last run with (TOML), instead of its trials",
+    )
 
 
 def _show(args: argparse.Namespace) -> int:
-    from search import show
+    from search import show, study_file_text
 
-    print(show(args.storage, args.study, top=args.top, csv=args.csv))
+    print(
+        study_file_text(args.storage, args.study)
+        if args.study_file
+        else show(args.storage, args.study, top=args.top, csv=args.csv)
+    )
     return 0
 
 
@@ -439,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
             help=what,
-            description=what[0].upper() + what[1:] + ".",
+            description=(what[0].upper() + what[1:] + ".").replace(
+                "%%", "%"
+            ),  # help strings are %-formatted, this is not
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

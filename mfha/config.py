@@ -56,7 +56,9 @@ class _JsonConfig:
         return cls(**{k: v for k, v in d.items() if k not in cls._derived})
 
     @classmethod
-    def from_file(cls, path: str | Path):
+    def from_file(cls, path: str | Path, *, require: tuple[str, ...] = ()):
+        """The config in a JSON file; `require` names fields the file must set itself (a user's own file,
+        where a default would silently build something else), while files the product wrote load as they are."""
         path = Path(path)
         try:
             d = json.loads(path.read_text())
@@ -64,10 +66,21 @@ class _JsonConfig:
             raise ConfigError(f"{cls.__name__} file {str(path)!r} does not exist.") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{cls.__name__} file {str(path)!r} is not valid JSON: {e}.") from None
+        missing = [name for name in require if isinstance(d, dict) and name not in d]
+        if missing:
+            raise ConfigError(
+                f"{cls.__name__} file {str(path)!r} must set {_and(require)}, but it lacks {_and(missing)}; "
+                f"add {_and([json.dumps(name) for name in missing])} to it."
+            )
         return cls.from_dict(d)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _and(names: list[str] | tuple[str, ...]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _plain(v: Any) -> Any:
@@ -80,6 +93,10 @@ def _plain(v: Any) -> Any:
 
 @dataclass
 class ModelConfig(_JsonConfig):
+    # what a model config the user writes must set (ModelConfig.from_file(path, require=...)): the
+    # defaults would train another model without a word; vocab_size comes from the tokenizer
+    USER_FIELDS: ClassVar[tuple[str, ...]] = ("dim", "n_layers", "heads")
+
     vocab_size: int = 256
     dim: int = 128
     n_layers: int = 4

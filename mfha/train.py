@@ -10,6 +10,7 @@ import argparse
 import csv
 import math
 import resource
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from mfha.tokenizer import Tokenizer
 
 OnEval = Callable[[int, dict], bool | None]
 CHECKPOINT = "checkpoint.pt"
+# what training writes into --out; a folder holding any of them is a run that a new one would overwrite
+RUN_FILES = (CHECKPOINT, "model_config.json", "train_config.json", "tokenizer.json", "metrics.csv")
 # An untrained model scores about ln(V) (the uniform guess) and training only lowers it; a mean loss
 # several times that is an exploded run (a huge lr can blow up to a finite 10^4 instead of NaN)
 DIVERGED_OVER_UNIFORM = 4.0
@@ -129,36 +132,45 @@ def train(
     progress: bool = False,
 ) -> TrainResult:
     tc = train_config
+    out = Path(out_dir) if out_dir is not None else None
+    # every check that can refuse comes before the first write, so a refused run leaves --out as it was
+    _check_out(out, resume)
     device = resolve_device(tc.device)
     data = data if data is not None else load_data(tc)
     if model_config.vocab_size != data.tokenizer.vocab_size:
         model_config = replace(model_config, vocab_size=data.tokenizer.vocab_size)
     if tc.seq_len > model_config.max_seq_len:
         raise ConfigError(f"seq_len must be <= max_seq_len={model_config.max_seq_len}, but got seq_len={tc.seq_len}.")
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        model_config.save(out / "model_config.json")
-        tc.save(out / "train_config.json")
-        data.tokenizer.save(out / "tokenizer.json")
 
     torch.manual_seed(tc.seed)
     model = GPT(model_config).to(device)
     optimizer = make_optimizer(model, tc, device)
     generator = torch.Generator().manual_seed(tc.seed)
     step, history, elapsed_before = 0, [], 0.0
-    if resume:
-        if out is None or not (out / CHECKPOINT).exists():
-            raise ConfigError(
-                f"resume needs a checkpoint, but {str(out / CHECKPOINT) if out else 'no --out folder'} does not exist."
-            )
-        state = torch.load(out / CHECKPOINT, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step, history, elapsed_before = state["step"], state["history"], state["elapsed_s"]
-    step_fn = torch.compile(model) if tc.compile else model
     val_x, val_y, val_chars = data.val_windows(tc.seq_len, tc.eval_windows)
+    if resume and out is not None:
+        path = out / CHECKPOINT
+        afresh = "train afresh into another --out (without --resume)"
+        state = read_checkpoint(path, device, fix=f"put back a good copy, or {afresh}")
+        owner = "the model --from/--model-config describes"
+        load_model_state(
+            model, state, path, owner=owner, fix=f"resume with the configs it was trained with, or {afresh}"
+        )
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            step, history, elapsed_before = state["step"], state["history"], state["elapsed_s"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(
+                f"checkpoint {str(path)!r} holds no training state to resume ({type(e).__name__}: {_first_line(e)}); "
+                f"put back a good copy, or {afresh}."
+            ) from e
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        model_config.save(out / "model_config.json")
+        tc.save(out / "train_config.json")
+        data.tokenizer.save(out / "tokenizer.json")
+    step_fn = torch.compile(model) if tc.compile else model
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -234,6 +246,88 @@ def train(
     return TrainResult(model_config, history[-1] if history else {}, history, stopped_early, step, out)
 
 
+def _check_out(out: Path | None, resume: bool) -> None:
+    """Refuse an --out that training would harm: a file, a folder holding a run (without --resume), or a
+    folder without a checkpoint (with --resume)."""
+    if out is None:
+        if resume:
+            raise ConfigError("--resume needs a checkpoint, but no --out folder was given.")
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; pass --out with a new or empty folder.")
+    if resume:
+        if not (out / CHECKPOINT).is_file():
+            raise ConfigError(
+                f"--resume needs a checkpoint, but {str(out / CHECKPOINT)!r} does not exist; train without --resume first."
+            )
+        return
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if CHECKPOINT in held:
+        raise ConfigError(
+            f"--out {str(out)!r} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+            f"or another --out for a new run."
+        )
+    if held:
+        # a run stopped before its first checkpoint: --resume has nothing to continue from
+        raise ConfigError(
+            f"--out {str(out)!r} already holds {', '.join(held)} but no {CHECKPOINT} to --resume from; "
+            f"pass another --out, or empty that folder."
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def read_checkpoint(path: Path, device: torch.device, *, fix: str) -> dict:
+    """A run's saved state; a file torch cannot read (truncated, corrupt, not a checkpoint) as one ConfigError
+    that ends in `fix`."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except MemoryError:
+        raise
+    # any other failure means "not a readable checkpoint": weights_only=True ran nothing, and torch.load raises
+    # a dozen types for a bad file (OSError, EOFError, UnpicklingError, its zip reader's RuntimeError, KeyError)
+    except Exception as e:
+        raise ConfigError(
+            f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}): it is truncated, corrupt, or not a "
+            f"checkpoint; {fix}."
+        ) from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ConfigError(
+            f"checkpoint {str(path)!r} holds no model state (python -m mfha.train did not write it); {fix}."
+        )
+    return state
+
+
+def load_model_state(model: GPT, state: dict, path: Path, *, owner: str, fix: str) -> None:
+    """Load a checkpoint's weights into `model`, or say in one line how the checkpoint's model differs from
+    `owner` (the model in words) and end in `fix`."""
+    diff = _state_mismatch(model, state["model"])
+    try:
+        if diff is None:
+            model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        diff = _first_line(e)
+    if diff is not None:
+        raise ConfigError(f"checkpoint {str(path)!r} is not of {owner} ({diff}); {fix}.")
+
+
+def _state_mismatch(model: GPT, saved: dict) -> str | None:
+    """The first difference between saved weights and `model`'s, in words; None when they fit."""
+    own = model.state_dict()
+    for name, t in own.items():
+        if name not in saved:
+            return f"it lacks {name}"
+        if not isinstance(saved[name], torch.Tensor):
+            return f"its {name} is not a tensor"
+        if saved[name].shape != t.shape:
+            return f"its {name} is {list(saved[name].shape)}, the model's {list(t.shape)}"
+    extra = [name for name in saved if name not in own]
+    return f"it has {extra[0]}, which the model lacks" if extra else None
+
+
 def _save_checkpoint(out: Path, model, optimizer, generator, step, history, elapsed_s) -> None:
     state = {
         "model": model.state_dict(),
@@ -266,8 +360,11 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[GPT, Tokenizer,
     train_config = TrainConfig.from_file(run / "train_config.json")
     dev = resolve_device(device)
     model = GPT(model_config).to(dev)
-    state = torch.load(run / CHECKPOINT, map_location=dev, weights_only=True)
-    model.load_state_dict(state["model"])
+    retrain = f"python -m mfha.train --from {shlex.quote(str(run))} --out NEW_FOLDER"
+    state = read_checkpoint(run / CHECKPOINT, dev, fix=f"retrain the run ({retrain}) or put back a good copy")
+    owner = "the model its model_config.json describes"
+    fix = f"the folder mixes files of two runs: retrain it ({retrain}) or put back the matching {CHECKPOINT}"
+    load_model_state(model, state, run / CHECKPOINT, owner=owner, fix=fix)
     model.eval()
     return model, Tokenizer.from_file(run / "tokenizer.json"), model_config, train_config
 
@@ -282,6 +379,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-config", help="model config JSON")
     p.add_argument("--train-config", help="train config JSON")
     p.add_argument("--dataset", help="Hub name or local folder/file; overrides the train config")
+    p.add_argument("--text-column", help="the dataset's column of stories; overrides the train config's text_column")
     p.add_argument("--out", required=True, help="run folder for checkpoint, configs, tokenizer and metrics.csv")
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.add_argument("--max-time", type=float, dest="max_time_s", help="override max_time_s (seconds of wall time)")
@@ -305,18 +403,21 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.from_dir) / "model_config.json",
                 Path(args.from_dir) / "train_config.json",
             )
+            required: tuple[str, ...] = ()  # an export's config, written whole by the product
         elif args.model_config and args.train_config:
             model_path, train_path = Path(args.model_config), Path(args.train_config)
+            # the user's own file must name the model's shape: a default width would train another model unnoticed
+            required = ModelConfig.USER_FIELDS
         else:
             raise ConfigError("pass --from DIR, or both --model-config and --train-config.")
         if args.threads is not None:
             if args.threads < 1:
                 raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
             torch.set_num_threads(args.threads)
-        model_config = ModelConfig.from_file(model_path)
+        model_config = ModelConfig.from_file(model_path, require=required)
         overrides = {
             k: getattr(args, k)
-            for k in ("dataset", "max_steps", "max_time_s", "device", "seed")
+            for k in ("dataset", "text_column", "max_steps", "max_time_s", "device", "seed")
             if getattr(args, k) is not None
         }
         train_config = TrainConfig.from_dict({**TrainConfig.from_file(train_path).to_dict(), **overrides})

@@ -86,6 +86,7 @@ _EXPORTS = {
         "trials_frame",
         "studies_frame",
         "validated_table",
+        "study_file_text",
     ],
     "search.results.report": ["write_report", "Report"],
     "search.results.dashboard": ["serve", "is_loopback"],

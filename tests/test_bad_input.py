@@ -35,9 +35,10 @@ def snapshot(url: str) -> list:
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    return errors[0]
+    # every stderr line counts: the error is the only thing the user sees
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-3000:]
+    return lines[0]
 
 
 def study_file(tiny_study, old: str = "", new: str = "", **kw):

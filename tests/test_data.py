@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from mfha.config import TrainConfig
-from mfha.data import _Source, load_data
+from mfha.data import load_data
 from mfha.errors import ConfigError, DataError
+from mfha.sources import Source as _Source
 
 
 def _cfg(dataset: str, **kw) -> TrainConfig:

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.results.stats import Interval, mean_interval
-from search.study.trials import mixes_sizes, objective_names, validation_name
+from search.study.trials import mixes_sizes, objective_names, validation_key, validation_name
 
 
 @dataclass
@@ -49,8 +49,10 @@ def validated(search: optuna.Study, validation: optuna.Study) -> list[Validated]
     names = objective_names(validation)
     groups: dict[int, list[FrozenTrial]] = {}
     for t in validation.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "source_trial" in t.user_attrs:
-            groups.setdefault(int(t.user_attrs["source_trial"]), []).append(t)
+        key = validation_key(t.user_attrs)
+        # the configurations as searched, at the search's budget (other variants and budgets: their own rows)
+        if key is not None and key[2] is None and key[3] is None:
+            groups.setdefault(key[0], []).append(t)
     rows = []
     for source, ts in groups.items():
         ts.sort(key=lambda t: (t.user_attrs["seed"], t.number))

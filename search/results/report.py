@@ -32,6 +32,7 @@ def write_report(storage_url: str, name: str, out: str | Path) -> Report:
     """Write OUT/index.html, OUT/summary.md and OUT/report.json for study `name` and its validation."""
     study = open_study(storage_url, name)
     validation = load_validation(make_storage(storage_url, heartbeat_interval=None, create=False), name)
+    _check_out(Path(out))
     folder = make_folder(out, "--out folder {folder}")
     rows = validated(study, validation) if validation is not None else []
     facts = gather(study, validation, rows, storage_url=storage_url, out=folder)
@@ -42,6 +43,24 @@ def write_report(storage_url: str, name: str, out: str | Path) -> Report:
     _write(files[1], render_markdown(blocks))
     _write(files[2], json.dumps(facts, indent=2) + "\n")
     return Report(folder, files, verdict_text(facts["verdict"]))
+
+
+REPORT_FILES = ("index.html", "summary.md", "report.json")
+
+
+def _check_out(folder: Path) -> None:
+    """A new or empty folder, or an earlier report's (its report.json, nothing but report files), which
+    is replaced; anything else is refused, so a report never overwrites a user's own index.html."""
+    if not folder.is_dir():
+        return  # new (a file in the way fails in make_folder, with its own message)
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries or ("report.json" in entries and set(entries) <= set(REPORT_FILES)):
+        return
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise ConfigError(
+        f"--out must be a new or empty folder or an earlier report (one with its report.json), but got "
+        f"--out {str(folder)!r}, which holds {shown}; pass --out with another folder."
+    )
 
 
 def _write(path: Path, text: str) -> None:

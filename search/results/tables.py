@@ -112,7 +112,7 @@ def validated_table(storage_url: str, name: str) -> str:
 
 def trials_frame(study: optuna.Study):
     """`trial_rows` as a pandas DataFrame."""
-    import pandas as pd  # type: ignore[import-untyped]  # requirements-dev.txt has no pandas-stubs
+    import pandas as pd
 
     return pd.DataFrame(trial_rows(study), columns=columns(study))
 
@@ -133,6 +133,20 @@ def show(storage_url: str, name: str, *, top: int = 10, csv: str | Path | None =
         return f"study {name!r} has no trials yet."
     rows.sort(key=lambda r: (r["state"] != "COMPLETE", r["val_bpc"] is None, r["val_bpc"] or 0.0, r["number"]))
     return format_table(rows[:top], columns(study))
+
+
+def study_file_text(storage_url: str, name: str) -> str:
+    """The study file a study was last run with, as TOML (its storage URL without a password), so
+    `show --study NAME --study-file > NAME.toml` gives back a file that resumes it."""
+    import tomli_w
+
+    study = open_study(storage_url, name)
+    raw = study.user_attrs.get("study_file")
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"study {name!r} holds no study file (it was not created by run_search.py run); --study-file has none to print."
+        )
+    return tomli_w.dumps(raw).rstrip("\n")
 
 
 def format_table(rows: list[dict], columns: list[str], *, max_width: int = 48) -> str:
@@ -205,4 +219,5 @@ __all__ = [
     "trials_frame",
     "studies_frame",
     "validated_table",
+    "study_file_text",
 ]

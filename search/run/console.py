@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import optuna
@@ -75,6 +75,26 @@ class Bars:
                 bar.close()
 
 
+class HeldLog:
+    """A log whose lines wait for `release()`: a run's first lines (the cores it got, the study file's
+    accepted changes) are held until its checks have passed, so a mistake they find is the only line."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.held: list[str] | None = []
+
+    def __call__(self, msg: str) -> None:
+        if self.held is None:
+            self.log(msg)
+        else:
+            self.held.append(msg)
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for msg in held:
+            self.log(msg)
+
+
 @contextmanager
 def quiet_optuna() -> Iterator[None]:
     """Our own line per trial replaces Optuna's (which would repeat a FAIL's traceback)."""
@@ -126,4 +146,4 @@ class Interrupts:
             signal.signal(s, h)
 
 
-__all__ = ["Bars", "Interrupts", "Interrupted", "quiet_optuna"]
+__all__ = ["Bars", "HeldLog", "Interrupts", "Interrupted", "quiet_optuna"]

@@ -4,7 +4,8 @@ budget, the device, and the memory limits and pruner (`search.run.memory`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -31,6 +32,7 @@ class Prepared:
     baseline_bytes: int | None
     pruner: MemoryAwarePruner
     cache_dir: Path
+    notes: list[str] = field(default_factory=list)  # what the run should say before its first trial
 
 
 def prepare(config: StudyConfig, *, workers: int = 1, cache_dir: str | Path | None = None) -> Prepared:
@@ -59,7 +61,45 @@ def prepare(config: StudyConfig, *, workers: int = 1, cache_dir: str | Path | No
     device = resolve_device(config.train_config().device)
     limits = resolve_limits(config, space, device, workers=workers, cache=cache)
     pruner = make_pruner(config, device, limits)
-    return Prepared(config, space, vocab_sizes, device, limits.ram, limits.gpu, limits.baseline, pruner, cache)
+    notes = [n for n in (time_note(config, space, device),) if n]
+    return Prepared(config, space, vocab_sizes, device, limits.ram, limits.gpu, limits.baseline, pruner, cache, notes)
+
+
+# a generous upper bound of training speed (tokens/s) for the models this tool trains, per device: a
+# budget that takes longer than a day even at this speed is then timed for real before it is said
+FAST_TOKENS_PER_S = {"cpu": 200_000, "cuda": 20_000_000}
+DAY_S = 86_400
+
+
+def time_note(config: StudyConfig, space: SearchSpace, device: str) -> str | None:
+    """A line when a trial's token budget would take longer than study.timeout_s or a day; timed on a
+    model drawn from the space, in this process, only when a generous speed bound says it might."""
+    tokens = config.tokens
+    limit = min(config.timeout_s or DAY_S, DAY_S)
+    if tokens is None or tokens / FAST_TOKENS_PER_S[device] <= limit:
+        return None
+    from mfha.cost import measure_cost
+
+    cand = space.draw(random.Random(0))
+    if cand is None:
+        return None
+    speed = measure_cost(cand.model_config, cand.train_config, "train", seconds=0.5, min_rounds=1).model_tokens_per_s
+    seconds = tokens / speed
+    if seconds <= limit:
+        return None
+    what = f"study.timeout_s={config.timeout_s:g} s" if config.timeout_s and config.timeout_s < DAY_S else "a day"
+    return (
+        f"warning: training.tokens={tokens:,} per trial takes about {_duration(seconds)} at {speed:,.0f} tokens/s "
+        f"(a {cand.attrs['n_params']:,}-parameter model of the space, timed here), longer than {what}; "
+        f"lower training.tokens unless that is meant."
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", DAY_S), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def open_run(config: StudyConfig, *, workers: int, cache_dir) -> tuple[RDBStorage, Prepared]:
@@ -97,4 +137,4 @@ def resolve_device(device: str) -> str:
     return device
 
 
-__all__ = ["Prepared", "prepare", "open_run", "check_vocab_sizes", "resolve_device"]
+__all__ = ["Prepared", "prepare", "open_run", "check_vocab_sizes", "resolve_device", "time_note"]

@@ -5,12 +5,14 @@ study holds `n_trials` finished trials (COMPLETE + PRUNED), a progress bar, clea
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,20 +22,22 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mfha.errors import ConfigError, MFHAError
 from search.run.artifacts import save_study_note, study_note
-from search.run.console import Bars, Interrupts, quiet_optuna
+from search.run.console import Bars, HeldLog, Interrupts, quiet_optuna
 from search.run.host import CoreShare, share_cores
 from search.run.memory import fmt_bytes
 from search.run.objective import Objective, TrialFailed, TrialSettings
 from search.run.prepare import Prepared, check_vocab_sizes, open_run
 from search.run.workers import SurplusTrial, TrialSlots, worker_threads
 from search.store.storage import artifact_store, default_artifacts_dir, make_storage, mask_url, sqlite_path
+from search.study.identity import first_difference, other_changes, trial_definition
+from search.study.parser import parse_study
 from search.study.trials import BASELINE, FINISHED, best_trial
-from search.study.types import StudyConfig
+from search.study.types import DEFAULT_STORAGE, StudyConfig
 
 MAX_FAILS_IN_A_ROW = 5
 # what an interrupted trial's retry keeps besides its params: a baseline stays one, a validation
 # trial keeps the configuration and seed it retrains
-QUEUE_ATTRS = ("role", "source_trial", "seed")
+QUEUE_ATTRS = ("role", "source_trial", "seed", "variant", "budget_tokens")
 
 
 @dataclass
@@ -75,8 +79,10 @@ def run_study(
 ) -> RunSummary:
     """Run (or resume) the study until it holds config.n_trials finished trials or config.timeout_s passes."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    # first, so the run's first line says how many threads it got and why
-    with quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=log) as cores:
+    # cores first (the run's first line says how many threads it got and why), but that line is held
+    # until the checks have passed, so a mistake they find is the one line the user sees
+    held = HeldLog(log)
+    with quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=held) as cores:
         return _run_study(
             config,
             artifacts=artifacts,
@@ -85,20 +91,25 @@ def run_study(
             threads=threads,
             cache_dir=cache_dir,
             log=log,
+            held=held,
             cores=cores,
         )
 
 
 def _run_study(
-    config: StudyConfig, *, artifacts, progress, workers, threads, cache_dir, log, cores: CoreShare
+    config: StudyConfig, *, artifacts, progress, workers, threads, cache_dir, log, held: HeldLog, cores: CoreShare
 ) -> RunSummary:
     t_start = time.perf_counter()
-    storage, prep = open_run(config, workers=workers, cache_dir=cache_dir)
-    t_prepared = time.perf_counter()
-    # a server database is there to be shared: assume other workers (other machines) on the study
-    parallel = workers > 1 or sqlite_path(config.storage) is None
-    study = search_study(config, prep, storage, parallel=parallel, log=log)
-    settings = trial_settings(config, prep, artifacts=artifacts, workers=workers, threads=threads)
+    with removed_if_failed(config.storage):
+        storage, prep = open_run(config, workers=workers, cache_dir=cache_dir)
+        t_prepared = time.perf_counter()
+        settings = trial_settings(config, prep, artifacts=artifacts, workers=workers, threads=threads)
+        # a server database is there to be shared: assume other workers (other machines) on the study
+        parallel = workers > 1 or sqlite_path(config.storage) is None
+        study = search_study(config, prep, storage, parallel=parallel, log=held)
+    held.release()
+    for note in prep.notes:
+        log(note)
     settings.threads = cores.threads
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     total = config.n_trials
@@ -129,6 +140,21 @@ def _run_study(
     )
 
 
+@contextmanager
+def removed_if_failed(storage_url: str) -> Iterator[None]:
+    """A SQLite file that this run creates is removed again when the run stops with an error before
+    its study is ready, so a mistake leaves no empty store behind."""
+    db = sqlite_path(storage_url)
+    new = db is not None and not db.exists()
+    try:
+        yield
+    except MFHAError:
+        if new and db is not None:
+            for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                path.unlink(missing_ok=True)
+        raise
+
+
 def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, parallel: bool, log) -> optuna.Study:
     """The search study, created or resumed, with the study file and note stored; a new one gets its baselines."""
     with quiet_optuna():
@@ -141,6 +167,7 @@ def search_study(config: StudyConfig, prep: Prepared, storage: RDBStorage, *, pa
             load_if_exists=True,
         )
     check_objectives(study, config)
+    check_same_study(study, config, device=prep.device, log=log)
     name_objective(study, config.objectives)
     fresh = not study.get_trials(deepcopy=False)
     study.set_user_attr("study_file", _masked_raw(config))
@@ -188,6 +215,45 @@ def check_objectives(study: optuna.Study, config: StudyConfig) -> None:
             f"study {study.study_name!r} in {mask_url(config.storage)} minimizes {held}, but study.objectives is "
             f"{list(config.objectives)}; pick another study.name, or run it with the study file it was made with."
         )
+
+
+def check_same_study(study: optuna.Study, config: StudyConfig, *, device: str, log: Callable[[str], None]) -> None:
+    """A resumed study runs with the trial definition that made it (search/study/identity.py); other
+    changes to the study file are accepted and said in one line. Stores the definition on the study."""
+    now = trial_definition(config, device=device)
+    stored = study.user_attrs.get("trial_definition")
+    raw = study.user_attrs.get("study_file")
+    if stored is None and isinstance(raw, dict):
+        # made before the definition was stored: what its study file says (its --dataset and --device are unknown)
+        stored = trial_definition(parse_study(raw, source=f"study {study.study_name!r}"), device=None)
+        stored.pop("data.dataset", None)
+        stored.pop("training.device", None)
+        now_known = {k: v for k, v in now.items() if k not in ("data.dataset", "training.device")}
+        diff = first_difference(stored, now_known)
+    else:
+        diff = first_difference(stored, now) if stored is not None else None
+    if diff is not None:
+        key, old, new = diff
+        flag = {"data.dataset": " (--dataset)", "training.device": " (--device)"}.get(key, "")
+        storage = "" if config.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(mask_url(config.storage))}"
+        raise ConfigError(
+            f"study {study.study_name!r} in {mask_url(config.storage)} was made with {_setting(key, old)}, but this run "
+            f"has {_setting(key, new)}{flag}, which changes what a trial is; give this study file a new study.name, or "
+            f"rerun with the file the study was made with (python run_search.py show --study {study.study_name}"
+            f"{storage} --study-file prints it)."
+        )
+    if isinstance(raw, dict):
+        changed = other_changes(raw, _masked_raw(config))
+        if changed:
+            log(
+                f"study file changed since the study was made: {', '.join(changed)}; accepted, as none of these "
+                f"changes what a trial is (the stored copy is updated)"
+            )
+    study.set_user_attr("trial_definition", now)
+
+
+def _setting(key: str, value: object) -> str:
+    return f"{key} unset" if value is None else f"{key}={value!r}"
 
 
 def name_objective(study: optuna.Study, names: tuple[str, ...] | list[str] = ("val_bpc",)) -> None:
@@ -379,6 +445,8 @@ __all__ = [
     "run_study",
     "search_study",
     "check_objectives",
+    "check_same_study",
+    "removed_if_failed",
     "name_objective",
     "trial_settings",
     "drive",

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mfha.config import ModelConfig, TrainConfig
 from mfha.errors import ConfigError
-from search.run.console import Bars, quiet_optuna
+from search.run.console import Bars, HeldLog, quiet_optuna
 from search.run.host import share_cores
 from search.run.memory import MemoryAwarePruner
 from search.run.objective import Objective, set_attrs
@@ -32,7 +32,7 @@ from search.run.workers import SurplusTrial
 from search.store.storage import open_study
 from search.study.parser import parse_study
 from search.study.space import Candidate
-from search.study.trials import BASELINE, FINISHED, mixes_sizes, validation_name
+from search.study.trials import BASELINE, FINISHED, mixes_sizes, validation_key, validation_name
 from search.study.types import StudyConfig, ValidationConfig
 
 
@@ -119,15 +119,27 @@ def resolve(
     )
 
 
+MAX_SEEDS = 100  # an interval is as tight as it gets long before this; more is a typo, and a store flood
+
+
 def check_flags(*, top: int | None, seeds: int | None) -> None:
     if top is not None and top < 1:
         raise ConfigError(f"--top must be a positive integer, but got {top=}.")
     if seeds is not None and seeds < 2:
         raise ConfigError(f"--seeds must be an integer >= 2 (an interval needs two seeds), but got {seeds=}.")
+    if seeds is not None and seeds > MAX_SEEDS:
+        raise ConfigError(
+            f"--seeds must be at most {MAX_SEEDS} (the interval hardly narrows past a few dozen seeds), but got {seeds=}."
+        )
+
+
+Key = tuple[int, int, "str | None", "int | None"]  # (search trial, seed, variant, budget_tokens): see validation_key
 
 
 class _Plan:
-    """The (configuration, seed) pairs a validation needs, and which of them are not done yet."""
+    """The (configuration, seed) pairs a validation request needs, keyed as `validation_key` keys
+    them, and which of them no trial holds yet. Only the request's own pairs count: a queue left by
+    an earlier, other request never decides what this one trains."""
 
     def __init__(self, search: optuna.Study, v: ValidationConfig) -> None:
         self.picks = select_configs(search, top=v.top, families=v.families)
@@ -137,24 +149,30 @@ class _Plan:
             )
         self.seeds = validation_seeds(search, v.seeds)
         self.sources = {p.trial.number: p.trial for p in self.picks}
-        self.needed = [(p.trial.number, s) for p in self.picks for s in self.seeds]
+        self.needed: list[Key] = [(p.trial.number, s, None, None) for p in self.picks for s in self.seeds]
 
-    def missing(self, study: optuna.Study, *, exclude: int | None = None) -> list[tuple[int, int]]:
+    def missing(self, study: optuna.Study, *, exclude: int | None = None) -> list[Key]:
         """Needed pairs that no trial holds (done, pruned, running or queued)."""
         held = {
-            _pair(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL and t._trial_id != exclude
+            validation_key(t.user_attrs)
+            for t in study.get_trials(deepcopy=False)
+            if t.state != TrialState.FAIL and t._trial_id != exclude
         }
-        return [pair for pair in self.needed if pair not in held]
+        return [key for key in self.needed if key not in held]
+
+    def superseded(self, study: optuna.Study) -> list[FrozenTrial]:
+        """Queued trials of an earlier request that this one does not need."""
+        needed = set(self.needed)
+        return [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if validation_key(t.user_attrs) not in needed
+        ]
 
     def total(self, study: optuna.Study) -> int:
         """Finished trials the study holds once every needed pair is finished (earlier runs' others count too)."""
-        finished = [_pair(t) for t in study.get_trials(deepcopy=False, states=FINISHED)]
+        finished = [validation_key(t.user_attrs) for t in study.get_trials(deepcopy=False, states=FINISHED)]
         return len(finished) - len(set(finished) & set(self.needed)) + len(self.needed)
-
-
-def _pair(t: FrozenTrial | optuna.Trial) -> tuple[int, int] | None:
-    a = t.user_attrs
-    return (int(a["source_trial"]), int(a["seed"])) if "source_trial" in a and "seed" in a else None
 
 
 class _Retrain:
@@ -165,22 +183,20 @@ class _Retrain:
         self.dataset = dataset
 
     def __call__(self, trial: optuna.Trial) -> Candidate:
-        pair = _pair(trial)
-        if pair is None:
-            # a trial nothing was queued for (a queued pair failed meanwhile): take a missing pair
+        key = validation_key(trial.user_attrs)
+        if key is None or key not in self.plan.needed:
+            # a trial nothing was queued for (a queued pair failed meanwhile), or one another request
+            # queued after this one started: take a missing pair of this request
             missing = self.plan.missing(trial.study, exclude=trial._trial_id)
             if not missing:
                 reason = "surplus: every (configuration, seed) pair of this validation is done, running or queued"
                 trial.set_user_attr("fail_reason", reason)
                 raise SurplusTrial(reason)
-            pair = missing[0]
-            set_attrs(trial, source_trial=pair[0], seed=pair[1])
-        source, seed = pair
-        src = self.plan.sources.get(source)
-        if src is None:
-            raise ConfigError(
-                f"validation trial {trial.number} retrains search trial {source}, which this validation did not select."
-            )
+            key = missing[0]
+            stale = {k: None for k in ("variant", "budget_tokens") if k in trial.user_attrs}
+            set_attrs(trial, source_trial=key[0], seed=key[1], **stale)
+        source, seed = key[0], key[1]
+        src = self.plan.sources[source]
         a = src.user_attrs
         mc = ModelConfig.from_dict(a["model_config"])
         tc = TrainConfig.from_dict(
@@ -226,12 +242,25 @@ def validation_study(
     study.set_user_attr("step_unit", config.step_unit)
     study.set_user_attr("selection", [{"source_trial": p.trial.number, "why": p.why} for p in plan.picks])
     missing = plan.missing(study)
-    for source, seed in missing:
-        study.enqueue_trial({}, user_attrs={"source_trial": source, "seed": seed})
+    superseded = plan.superseded(study)
+    if isinstance(log, HeldLog):
+        log.release()  # every check has passed: the run's held lines, then the plan
+    # said before anything is queued, so a request larger than meant can be stopped at once
     log(
-        f"validation {study.study_name!r}: {len(plan.picks)} configurations x {len(plan.seeds)} seeds {plan.seeds}; "
-        f"{len(plan.needed) - len(missing)} pairs done or under way, {len(missing)} enqueued"
+        f"validation {study.study_name!r}: {len(plan.picks)} configurations x {len(plan.seeds)} seeds {plan.seeds} = "
+        f"{len(plan.needed)} pairs; {len(plan.needed) - len(missing)} done or under way, {len(missing)} to queue"
+        + (
+            f"; {len(superseded)} queued by an earlier request that this one does not include are closed"
+            if superseded
+            else ""
+        )
     )
+    for t in superseded:
+        # FAIL, not PRUNED: it never ran, and a FAIL holds no pair, so a request that needs it queues it again
+        storage.set_trial_user_attr(t._trial_id, "fail_reason", "superseded: queued by an earlier validate request")
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    for source, seed, _variant, _tokens in missing:
+        study.enqueue_trial({}, user_attrs={"source_trial": source, "seed": seed})
     return study, plan
 
 
@@ -251,12 +280,14 @@ def run_validation(
     """Retrain the selected configurations with fresh seeds until every pair is finished (or interrupted)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     v = resolve(config, top=top, seeds=seeds)
-    with quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=log) as cores:
+    held = HeldLog(log)  # the cores line waits until the checks have passed (see run_study)
+    with quiet_optuna(), share_cores(threads, config.threads, workers, cache_dir=cache_dir, log=held) as cores:
         t_start = time.perf_counter()
         config = _with_trial_dataset(config, dataset)
         storage, prep = open_run(config, workers=workers, cache_dir=cache_dir)
-        study, plan = validation_study(config, prep, storage, v, log=log)
         settings = trial_settings(config, prep, artifacts=artifacts, workers=workers, threads=threads)
+        study, plan = validation_study(config, prep, storage, v, log=held)
+        held.release()
         settings.threads = cores.threads
         total = plan.total(study)
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))

@@ -5,17 +5,22 @@ Every log line and error shows the URL through `mask_url`, so a password never l
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import shlex
+import sqlite3
 import time
 import warnings
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
 
 from mfha.errors import ConfigError
 from search.store.fast import FastReadRDBStorage
@@ -64,10 +69,18 @@ def make_storage(
 ) -> RDBStorage:
     """An RDBStorage for `url` with a heartbeat, and stale trials (a dead worker's) retried.
 
-    `create=False` is for readers (show, export, dashboard): a missing SQLite file is then an error
-    rather than a new empty database.
+    `create=False` is for readers (show, export, dashboard): they write nothing on open. A missing
+    SQLite file, or a database without Optuna's tables, is then an error rather than a new store, and
+    a SQLite file that this process cannot write is read through a read-only connection.
     """
-    url = url or DEFAULT_STORAGE
+    if url is None:
+        url = DEFAULT_STORAGE
+    if isinstance(url, str) and not url.strip():
+        # `--storage "$MFHA_STORAGE"` with the variable unset: the default store would be a silent guess
+        raise ConfigError(
+            f'{flag} is empty (an unset variable, as in {flag} "$MFHA_STORAGE"?); pass {flag} a URL like '
+            f"{URL_EXAMPLE}, or leave {flag} out for the default {DEFAULT_STORAGE}."
+        )
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(f"{flag} must be an SQLAlchemy URL like {URL_EXAMPLE}, but got {flag}={mask_url(url)!r}.")
     db = sqlite_path(url)
@@ -75,8 +88,14 @@ def make_storage(
         _prepare_sqlite_file(db, flag, create)
     import sqlalchemy.exc
 
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if db is not None else {}
+    engine_kwargs: dict[str, Any] = {}
+    if db is not None:
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        if not create and not _writable(db):
+            engine_kwargs = {"creator": _read_only_connector(db)}
     try:
+        if db is None or not create or _holds_data(db):
+            _check_store(url, engine_kwargs, db, flag, create)
         with warnings.catch_warnings():
             # the heartbeat and its retry callback are flagged experimental in Optuna 5; they are its
             # documented way to recover a dead worker's trials
@@ -87,6 +106,8 @@ def make_storage(
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period if heartbeat_interval else None,
                 heartbeat_stale_trial_callback=callback,
+                # a reader's store was checked complete above; creating tables would write to it
+                skip_table_creation=not create,
             )
             for attempt in range(CREATE_ATTEMPTS):
                 try:
@@ -113,23 +134,122 @@ def make_storage(
         raise ConfigError(
             f"{flag}={mask_url(url)!r} needs a database driver that is not installed ({_first_line(e)}); for PostgreSQL: pip install 'psycopg[binary]'."
         ) from None
-    except sqlalchemy.exc.OperationalError as e:
-        raise ConfigError(
-            f"cannot reach the database {flag}={mask_url(url)!r}: {mask_url(_first_line(e.orig or e))}."
-        ) from None
-    except sqlalchemy.exc.DatabaseError as e:  # OperationalError's parent: SQLite's "file is not a database"
+    except sqlalchemy.exc.DatabaseError as e:
+        if db is not None and _sqlite_error(e).startswith("SQLITE_CORRUPT"):
+            raise _damaged(db, url, flag) from None
+        if isinstance(e, sqlalchemy.exc.OperationalError):
+            raise ConfigError(
+                f"cannot reach the database {flag}={mask_url(url)!r}: {mask_url(_first_line(e.orig or e))}."
+            ) from None
         if db is None:
             raise
-        # found here rather than by reading the file's header first: opening and closing the file in a
-        # process that holds SQLite connections to it drops their POSIX locks (https://sqlite.org/howtocorrupt.html)
+        # SQLite's "file is not a database"; found here rather than by reading the file's header first:
+        # opening and closing the file in a process that holds SQLite connections to it drops their
+        # POSIX locks (https://sqlite.org/howtocorrupt.html)
         raise ConfigError(
             f"{flag} must name a SQLite database or a new file, but got {flag}={mask_url(url)!r}, whose file "
             f"{str(db)!r} SQLite cannot read ({_first_line(e.orig or e)}); pass {flag} with another file name, "
             f"or move that file away."
         ) from None
-    if db is not None:
+    if db is not None and create:
         _tune_sqlite(storage)
     return storage
+
+
+# Optuna's tables (alembic's included) and their key columns: a table of one of these names without
+# its key column belongs to another program
+_OPTUNA_KEYS = {t.name: [c.name for c in t.primary_key.columns] for t in models.BaseModel.metadata.sorted_tables}
+_OPTUNA_KEYS["alembic_version"] = ["version_num"]
+
+
+def _check_store(url: str, engine_kwargs: dict[str, Any], db: Path | None, flag: str, create: bool) -> None:
+    """Refuse, before Optuna opens it, a database Optuna would write to wrongly: another program's
+    (Optuna would add its tables to it), an incomplete store for a reader (Optuna would complete it,
+    a write), or a damaged SQLite file (its errors would surface deep in a read, as tracebacks)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as conn:
+            inspector = sqlalchemy.inspect(conn)
+            tables = sorted(inspector.get_table_names())
+            ours = [t for t in tables if t in _OPTUNA_KEYS]
+            # e.g. an application's own `studies` table, which Optuna's queries then fail on
+            misshapen = [t for t in ours if not set(_OPTUNA_KEYS[t]) <= {c["name"] for c in inspector.get_columns(t)}]
+            # Optuna writes its version rows on open where they are missing: a reader needs them present
+            required = ("studies", "version_info", "alembic_version")
+            complete = create or (
+                all(t in ours for t in required)
+                and all(conn.execute(sqlalchemy.text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in required[1:])
+            )
+            # milliseconds for a thousand trials: damage from a crash or a full disk shows here, once,
+            # rather than as a traceback from whichever read reaches the broken page
+            if db is not None and conn.exec_driver_sql("PRAGMA quick_check(1)").scalar() != "ok":
+                raise _damaged(db, url, flag)
+    finally:
+        engine.dispose()
+    # a server database may hold other applications' tables beside Optuna's, but a SQLite file is one
+    # program's: a run adds no tables to a file that has only others
+    foreign = misshapen or not complete or (create and db is not None and tables and not ours)
+    if foreign:
+        what = f"the SQLite file {str(db)!r}" if db is not None else "the database"
+        names = [f"{t} (not Optuna's)" if t in misshapen else t for t in tables]
+        listed = (
+            f"its tables: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if tables else "it has no tables"
+        )
+        fix = (
+            f"pass {flag} with the URL the study was run with"
+            if not create
+            else f"pass {flag} with a new file name or an existing study store; no tables are added to another program's database"
+        )
+        raise ConfigError(
+            f"{flag}={mask_url(url)!r} names {what}, which holds no Optuna study store ({listed}); {fix}."
+        )
+
+
+def _damaged(db: Path, url: str, flag: str) -> ConfigError:
+    new = db.with_name(f"{db.stem}-recovered{db.suffix}")
+    return ConfigError(
+        f"{flag}={mask_url(url)!r} names the SQLite file {str(db)!r}, which is damaged (database disk image is "
+        f"malformed), as a crash or a full disk can leave it; restore it from a backup, or salvage what is left with "
+        f"`sqlite3 {shlex.quote(str(db))} .recover | sqlite3 {shlex.quote(str(new))}` and pass {flag} sqlite:///{new}."
+    )
+
+
+def _sqlite_error(e: Exception) -> str:
+    """SQLite's error name (SQLITE_CORRUPT, SQLITE_NOTADB, ...) behind a SQLAlchemy error, else ''."""
+    return str(getattr(getattr(e, "orig", None), "sqlite_errorname", ""))
+
+
+def _holds_data(db: Path) -> bool:
+    """A file with content (a new or empty file is a new store: nothing in it to check)."""
+    try:
+        return db.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _companions(db: Path) -> list[Path]:
+    """The -wal and -shm files SQLite keeps beside a WAL store while it is open (or left behind)."""
+    return [db.with_name(db.name + end) for end in ("-wal", "-shm")]
+
+
+def _writable(db: Path) -> bool:
+    """Whether this process may write the store: its folder, its file and any -wal or -shm file."""
+    files = [db, *(p for p in _companions(db) if p.exists())]
+    return os.access(db.parent if str(db.parent) else Path("."), os.W_OK) and all(os.access(p, os.W_OK) for p in files)
+
+
+def _read_only_connector(db: Path) -> functools.partial:
+    """Connections for a reader that cannot write the store (see `_writable`): SQLite opens the file read-only.
+    Read-only, a WAL store still wants a -shm file, which a read-only folder refuses (SQLite then fails
+    with "attempt to write a readonly database"), and which otherwise stays behind with the file's
+    read-only mode, so that the owner cannot write the store again even once it is writable. With no
+    -wal or -journal file no writer is mid-way, so the file is read as immutable: no locks, no -shm.
+    (A module function in a partial, so the storage still pickles.)"""
+    busy = any(db.with_name(db.name + end).exists() for end in ("-wal", "-journal"))
+    uri = f"file:{quote(os.path.abspath(db))}?mode=ro" + ("" if busy else "&immutable=1")
+    return functools.partial(sqlite3.connect, uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
 
 
 def _creation_race(e: Exception) -> bool:
@@ -151,10 +271,16 @@ def _prepare_sqlite_file(db: Path, flag: str, create: bool) -> None:
             )
         return
     folder = make_folder(db.parent if str(db.parent) else Path("."), f"the storage folder {{folder}} for {flag}")
-    if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+    if not os.access(folder, os.W_OK):
         raise ConfigError(
             f"the storage folder {str(folder)!r} is not writable; pass {flag} with a URL in a folder you can write."
         )
+    # SQLite writes the -wal and -shm files beside the store too; a reader of a read-only store can leave them
+    for file in (db, *_companions(db)):
+        if file.exists() and not os.access(file, os.W_OK):
+            raise ConfigError(
+                f"the storage file {str(file)!r} is read-only; make it writable, or pass {flag} with a URL of a file you can write."
+            )
 
 
 def _tune_sqlite(storage: RDBStorage) -> None:

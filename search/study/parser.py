@@ -16,6 +16,7 @@ from typing import Any
 from mfha.config import ModelConfig, TrainConfig, is_int, is_num
 from mfha.errors import ConfigError
 from search.study.rules import SectionRules, parse_bytes, prefix_keys, replace_space
+from search.study.trials import VALIDATION_SUFFIX
 from search.study.types import (
     DEFAULT_STORAGE,
     EVALS_PER_TRIAL,
@@ -39,6 +40,8 @@ def load_study_file(path: str | Path) -> StudyConfig:
     if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
         # the default studies/smoke.toml when run_search.py runs from another folder
         path = REPO_ROOT / path
+    if path.is_dir():
+        raise ConfigError(f"study file {str(path)!r} is a folder; pass the path of a .toml file in it.")
     if not path.is_file():
         hint = ""
         if path.parent.is_dir():
@@ -46,7 +49,14 @@ def load_study_file(path: str | Path) -> StudyConfig:
             hint = f"; did you mean {str(path.parent / near[0])!r}?" if near else ""
         raise ConfigError(f"study file {str(path)!r} does not exist{hint}")
     try:
-        raw = tomllib.loads(path.read_text())
+        # utf-8-sig: a byte-order mark, as some Windows editors write, is read as nothing (TOML has none)
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except PermissionError:
+        raise ConfigError(
+            f"study file {str(path)!r} cannot be read (permission denied); check its permissions."
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"study file {str(path)!r} cannot be read: {e.strerror}.") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"study file {str(path)!r} is not valid TOML: {e}.") from None
     except UnicodeDecodeError:
@@ -84,6 +94,12 @@ class StudyParser(SectionRules):
         self.rule(
             isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or "") is not None,
             "must be a name of letters, digits, '.', '_' or '-'",
+            "study.name",
+            name,
+        )
+        self.rule(
+            not name.endswith(VALIDATION_SUFFIX),
+            f"must not end in {VALIDATION_SUFFIX!r}, which names the companion study that `validate` writes",
             "study.name",
             name,
         )

@@ -6,6 +6,8 @@ multi-head configurations enqueued first); its companion `NAME.validation` retra
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -19,6 +21,15 @@ BASELINE = "baseline"
 
 def validation_name(search_name: str) -> str:
     return search_name + VALIDATION_SUFFIX
+
+
+def validation_key(attrs: dict[str, Any]) -> tuple[int, int, str | None, int | None] | None:
+    """What a validation trial retrains, from its user attrs: (search trial, seed, variant, budget_tokens).
+    `variant` None is the configuration as searched; `budget_tokens` None is the search's own budget. None
+    for a trial that holds no key yet (created by `optimize`, before it took one)."""
+    if "source_trial" not in attrs or "seed" not in attrs:
+        return None
+    return int(attrs["source_trial"]), int(attrs["seed"]), attrs.get("variant"), attrs.get("budget_tokens")
 
 
 def mixes_sizes(model_config: dict) -> bool:
@@ -61,6 +72,7 @@ __all__ = [
     "BASELINE",
     "VALIDATION_SUFFIX",
     "validation_name",
+    "validation_key",
     "mixes_sizes",
     "objective_names",
     "objective_text",

@@ -276,6 +276,12 @@ class StudyConfig:
             raise ConfigError(f"--timeout must be a positive number of seconds, but got {timeout_s=}.")
         if dataset is not None and not dataset:
             raise ConfigError("--dataset must be a Hub name or a path, but got an empty string.")
+        if storage is not None and not storage.strip():
+            # what --storage "$MFHA_STORAGE" gives when the variable is unset: never the local default
+            raise ConfigError(
+                '--storage is empty (an unset variable, as in --storage "$MFHA_STORAGE"?); pass a URL such as '
+                "sqlite:///storage/mfha.db, or leave --storage out for the study file's."
+            )
         return replace(
             self,
             data={**self.data, **({"dataset": dataset} if dataset else {})},
