@@ -39,6 +39,15 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         "--timeout", type=float, metavar="S", help="stop starting trials after S seconds; overrides [study].timeout_s"
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides [training].device")
+    _add_trial_flags(
+        p,
+        workers_help="worker processes on this machine sharing the study (default %(default)s); on more machines, "
+        "run the same command on each",
+    )
+
+
+def _add_trial_flags(p: argparse.ArgumentParser, *, workers_help: str) -> None:
+    """The flags of the commands that train trials (run, validate)."""
     p.add_argument(
         "--artifacts", metavar="DIR", help="artifact folder (default: beside a SQLite file, else storage/artifacts)"
     )
@@ -48,17 +57,16 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="torch threads per trial (default and most: the cores shared by the workers)",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="worker processes on this machine sharing the study (default %(default)s); on more machines, run the same command on each",
-    )
-    p.add_argument(
-        "--worker-index", type=int, help=argparse.SUPPRESS
-    )  # set by the --workers supervisor for its workers
+    p.add_argument("--workers", type=int, default=1, metavar="N", help=workers_help)
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the --workers supervisor
     p.add_argument("--no-progress", action="store_true", help="one line per trial instead of progress bars")
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, but got workers={args.workers}.")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -77,10 +85,7 @@ def _run(args: argparse.Namespace) -> int:
             if not torch.cuda.is_available():
                 raise ConfigError("--device cuda, but no CUDA device is available here; pass --device cpu or auto.")
         config.training["device"] = args.device
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be a positive integer, but got workers={args.workers}.")
+    _check_counts(args)
     if args.workers > 1 and args.worker_index is None:
         return _supervise(args, config)
     log = None
@@ -226,30 +231,14 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
         "--seeds", type=int, metavar="N", help="fresh seeds per configuration (default: [validation] seeds, else 3)"
     )
     p.add_argument("--dataset", help="Hub name or local folder (default: the one the search trials trained on)")
-    p.add_argument(
-        "--artifacts", metavar="DIR", help="artifact folder (default: beside a SQLite file, else storage/artifacts)"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="torch threads per trial (default and most: the cores shared by the workers)",
-    )
-    p.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default %(default)s)"
-    )
-    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--no-progress", action="store_true", help="one line per trial instead of progress bars")
+    _add_trial_flags(p, workers_help="worker processes on this machine (default %(default)s)")
 
 
 def _validate(args: argparse.Namespace) -> int:
     from search import check_flags, run_validation, stored_config
 
     check_flags(top=args.top, seeds=args.seeds)
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be a positive integer, but got threads={args.threads}.")
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be a positive integer, but got workers={args.workers}.")
+    _check_counts(args)
     config = stored_config(args.storage, args.study, dataset=args.dataset)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     if args.workers > 1 and args.worker_index is None:

@@ -178,6 +178,30 @@ def explicit(sizes: list[int]) -> HeadSpec:
     return HeadSpec("explicit", sizes=list(sizes))
 
 
+def uniform_twin(spec: HeadSpec, size: int) -> HeadSpec:
+    """Uniform heads of the same total width as `spec`: heads of `size` where `size` tiles that width,
+    else of the nearest even size >= MIN_HEAD_SIZE that does (the larger on a tie). With one K/V head
+    per query head (kv_share 1) the twin has exactly the parameters of `spec`: every projection is
+    dim x total width, whatever the split into heads."""
+    _require_int("size", size, MIN_HEAD_SIZE)
+    width = spec.total_width
+    tiling = [s for s in range(MIN_HEAD_SIZE, width + 1, 2) if width % s == 0]
+    if not tiling:
+        raise ConfigError(f"no even head size >= {MIN_HEAD_SIZE} tiles a layer of width {width}.")
+    best = size if size in tiling else min(tiling, key=lambda s: (abs(s - size), -s))
+    return uniform(n=width // best, size=best)
+
+
+def twin_sizes(specs: list[HeadSpec], candidates: list[int], *, k: int = 2) -> list[int]:
+    """The (at most `k`) head sizes to twin a mix with: those of `candidates` (the space's uniform sizes)
+    nearest the mix's mean head size over all its layers, nearest first (the larger on a tie)."""
+    sizes = [s for spec in specs for s in (spec.sizes or [])]
+    if not sizes or not candidates:
+        return []
+    mean = sum(sizes) / len(sizes)
+    return sorted(dict.fromkeys(candidates), key=lambda s: (abs(s - mean), -s))[:k]
+
+
 def make_head_spec(family: str, values: dict[str, Any]) -> HeadSpec:
     """A HeadSpec from the study file's per-family values (geometric takes levels, not smallest)."""
     if family == "uniform":
@@ -198,4 +222,15 @@ def make_head_spec(family: str, values: dict[str, Any]) -> HeadSpec:
     raise ConfigError(f"head family must be one of {', '.join(HEAD_FAMILIES)}, but got {family=}.")
 
 
-__all__ = ["HEAD_FAMILIES", "HeadFamily", "HeadSpec", "explicit", "fractal", "geometric", "make_head_spec", "uniform"]
+__all__ = [
+    "HEAD_FAMILIES",
+    "HeadFamily",
+    "HeadSpec",
+    "explicit",
+    "fractal",
+    "geometric",
+    "make_head_spec",
+    "twin_sizes",
+    "uniform",
+    "uniform_twin",
+]

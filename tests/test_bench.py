@@ -89,3 +89,21 @@ def test_cost_stability_bench_quick_measures_three_runs_and_a_rank(tinystories):
     assert all(r["train_cost"] > 0 and r["train_wall_s"] > 0 for r in result["rank"])
     assert -1 <= result["rank_spearman"] <= 1
     assert any(line.startswith("| 2 CPU burners beside |") for line in lines)
+
+
+def test_verdict_null_bench_quick_reports_both_false_claim_rates():
+    lines, result = _quick("verdict_null.py")
+    assert result["bench"] == "verdict_null" and result["draws"] == 2_000
+    assert 0 <= result["mixed_wins_rate"] <= 1 and 0 <= result["plain_wins_rate"] <= 1
+    rates = result["mixed_wins_rate"] + result["plain_wins_rate"] + result["no_verdict_rate"]
+    assert rates <= 1 + 1e-9
+    assert any(line.startswith("twin verdict: mixed wins") for line in lines)
+
+
+@pytest.mark.slow
+def test_twins_bench_quick_pairs_a_mix_with_twins_of_equal_parameters(tinystories):
+    lines, result = _quick("twins.py")
+    assert result["bench"] == "twins" and len(result["pairs"]) == 2
+    assert all(p["low"] <= p["diff"] <= p["high"] and p["cost_ratio"] > 0 for p in result["pairs"])
+    rows = [line for line in lines if line.startswith("| mixed") or line.startswith("| twin")]
+    assert len({row.split("|")[3] for row in rows}) == 1  # one parameter count for the mix and its twins

@@ -160,14 +160,14 @@ def _export_tradeoff(
 def _export_all(
     study: optuna.Study, picks: list[tuple[Path, FrozenTrial, Validated | None]], runs: Path
 ) -> list[Exported]:
-    # every trial and folder is checked before any is written, so a refusal leaves nothing half-exported
+    # every folder and trial is checked before any is written, so a refusal leaves nothing half-exported
+    replaced = [_earlier_export(folder) for folder, _, _ in picks]
     for _, t, _ in picks:
         if "model_config" not in t.user_attrs or "train_config" not in t.user_attrs:
             raise ConfigError(
                 f"trial {t.number} of study {study.study_name!r} holds no model_config (the study was not made by "
                 f"run_search.py run), so there is no model to export; export a study that run_search.py ran."
             )
-    replaced = [_earlier_export(folder) for folder, _, _ in picks]
     return [
         replace(_export_one(study, t, folder, runs, evidence), replaced=before)
         for (folder, t, evidence), before in zip(picks, replaced)

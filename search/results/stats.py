@@ -72,4 +72,44 @@ def difference_interval(a: list[float], b: list[float], *, confidence: float = C
     return Interval(diff, diff - half, diff + half, len(a) + len(b), se)
 
 
-__all__ = ["Interval", "mean_interval", "difference_interval", "CONFIDENCE"]
+def paired_interval(a: list[float], b: list[float], *, confidence: float = CONFIDENCE) -> Interval:
+    """mean(a - b) over pairs (a[i] and b[i] trained on the same seed) with Student's t interval, n - 1
+    degrees of freedom: the seed's share of the noise cancels, which two independent samples cannot do."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples need the same length, but got {len(a)=} and {len(b)=}.")
+    return mean_interval([x - y for x, y in zip(a, b)], confidence=confidence)
+
+
+def twin_verdict(mixed: list[float], twins: dict[int, list[float]], *, confidence: float = CONFIDENCE) -> dict:
+    """Mixed head sizes against their uniform twins, each paired by seed (lists in the same seed order).
+
+    "mixed": mixed beats every twin (mixed - twin's interval below 0 for each: an intersection-union
+    test, which needs no correction); "plain": some twin beats mixed at Bonferroni-corrected confidence
+    over the twins; "no_noise": a difference with no spread at all (seed noise cannot be estimated, so
+    nothing is claimed); else "none". Returns the branch and each twin's paired and Welch intervals.
+    """
+    if not twins:
+        raise ValueError(f"twins must hold at least one twin, but got {twins=}.")
+    per = {size: paired_interval(mixed, values, confidence=confidence) for size, values in twins.items()}
+    corrected = 1 - (1 - confidence) / len(twins)
+    wide = {size: paired_interval(mixed, values, confidence=corrected) for size, values in twins.items()}
+    welch = {size: difference_interval(mixed, values, confidence=confidence) for size, values in twins.items()}
+    if any(iv.n >= 2 and iv.sd == 0 for iv in per.values()):
+        branch = "no_noise"
+    elif all(iv.high < 0 for iv in per.values()):
+        branch = "mixed"
+    elif any(iv.low > 0 for iv in wide.values()):
+        branch = "plain"
+    else:
+        branch = "none"
+    return {"branch": branch, "paired": per, "paired_corrected": wide, "welch": welch}
+
+
+__all__ = [
+    "Interval",
+    "mean_interval",
+    "difference_interval",
+    "paired_interval",
+    "twin_verdict",
+    "CONFIDENCE",
+]
