@@ -39,6 +39,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         "--timeout", type=float, metavar="S", help="stop starting trials after S seconds; overrides [study].timeout_s"
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides [training].device")
+    p.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="skip the study file's [validation] after the search (a quick look; validate later with `validate`)",
+    )
     _add_trial_flags(
         p,
         workers_help="worker processes on this machine sharing the study (default %(default)s); on more machines, "
@@ -109,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    if config.validation is not None and summary.best_number is not None:
+    if config.validation is not None and not args.no_validation and summary.best_number is not None:
         from search import run_validation
 
         summary = run_validation(config, artifacts=args.artifacts, progress=not args.no_progress, threads=args.threads)
@@ -163,7 +168,12 @@ def _supervise(args: argparse.Namespace, config) -> int:
     codes = run_workers(_argv(args), args.workers, log=log)
     summary = summarize(config.storage, config.name, before=before, wall_s=time.perf_counter() - t0)
     print(summary.line())
-    if _worker_codes(codes, args.workers) or config.validation is None or summary.best_number is None:
+    if (
+        _worker_codes(codes, args.workers)
+        or config.validation is None
+        or args.no_validation
+        or summary.best_number is None
+    ):
         return _worker_codes(codes, args.workers)
     return _supervise_validation(args, config, log=log)
 

@@ -197,3 +197,12 @@ def test_workers_run_search_then_validation(tmp_path, tinystories):
     assert sum(t.state == TrialState.COMPLETE for t in v) == len(selection) * 2 == len(v)
     assert len({t.user_attrs["worker"] for t in v}) == 2
     assert "validated (mean val_bpc" in proc.stdout and str(REPO) not in proc.stdout
+
+
+def test_run_no_validation_skips_the_study_files_validation(tmp_path, tinystories):
+    path = write_tiny_study(tmp_path, tinystories, "quick", n_trials=2, extra="\n[validation]\ntop = 1\nseeds = 2\n")
+    url = f"sqlite:///{tmp_path}/mfha.db"
+    proc = run_search("run", "--study", str(path), "--storage", url, "--no-progress", "--no-validation", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert optuna.get_all_study_names(url) == ["quick"]
+    assert "next: python run_search.py export --study quick" in proc.stdout
