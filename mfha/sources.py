@@ -73,6 +73,15 @@ class Source:
         ]
         return {"path": str(self.path), "files": stats}
 
+    def content(self) -> str:
+        """What the data is rather than where: the Hub name, or a local copy's file names and sizes, so
+        the same files in another folder (another machine's copy) read as the same data."""
+        if self.path is None:
+            return self.name
+        files = [self.path] if self.path.is_file() else _files(self.path)
+        named = [(p.name if p == self.path else str(p.relative_to(self.path)), p.stat().st_size) for p in files]
+        return "local files " + ", ".join(f"{name} ({size:,} bytes)" for name, size in named)
+
     def load(self, *, streaming: bool = False) -> DatasetDict:
         """Every split; with `streaming`, as IterableDatasets that read rows only when iterated."""
         import datasets

@@ -58,16 +58,24 @@ def test_a_resumed_study_with_another_budget_is_refused(searched, tmp_path):
     assert snapshot(searched["url"], "kept") == before
 
 
-def test_a_resumed_study_on_another_dataset_is_refused(searched, tmp_path):
+def test_a_resumed_study_on_other_data_is_refused_and_a_copy_elsewhere_is_not(searched, tmp_path):
     copy = tmp_path / "data"
     copy.mkdir()
     for f in Path(searched["dataset"]).iterdir():
         if f.is_file():
             (copy / f.name).write_bytes(f.read_bytes())
     before = snapshot(searched["url"], "kept")
-    args = ("run", "--study", str(searched["path"]), "--storage", searched["url"], "--dataset", str(copy))
-    line = one_line(run_search(*args, "--no-progress"))
-    assert "data.dataset=" in line and "(--dataset)" in line, line
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials(searched["url"], "kept"))
+    # the same files in another folder (another machine's copy): the same study
+    args = ("run", "--study", str(searched["path"]), "--storage", searched["url"], "--n-trials", str(finished))
+    same = run_search(*args, "--dataset", str(copy), "--no-progress", timeout=600)
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert snapshot(searched["url"], "kept") == before
+    # another slice of the stories: refused
+    train = copy / "train.jsonl"
+    train.write_text("".join(train.read_text().splitlines(keepends=True)[:50]))
+    line = one_line(run_search(*args, "--dataset", str(copy), "--no-progress"))
+    assert "data.dataset='local files" in line and "(--dataset)" in line, line
     assert snapshot(searched["url"], "kept") == before
 
 

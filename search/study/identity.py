@@ -2,7 +2,8 @@
 
 Optuna's answer to a changed search space is a new study. A resumed study must therefore be run with
 what made it: [data], [budget], [space], [model], [training] (less `threads`, a host setting),
-`study.objectives`, and the effective dataset and device (a `--dataset` or `--device` flag counts).
+`study.objectives`, and the effective dataset (by content: a Hub name, or a local copy's file names and sizes) and device
+(a `--dataset` or `--device` flag counts).
 Everything else (description, n_trials, timeout_s, heartbeat, the RAM limit and pruner, [sampler],
 [baselines], [validation], [full_training], [cost]) may change between runs: it decides how many
 trials run, or what happens around them, not what a trial trains.
@@ -11,9 +12,9 @@ trials run, or what happens around them, not what a trial trains.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from mfha.errors import MFHAError
 from search.study.types import StudyConfig
 
 # the sections of a study file that define a trial, in the order a difference is reported
@@ -22,8 +23,8 @@ HOST_KEYS = ("threads",)  # [training] keys that change how fast a trial runs, n
 
 
 def trial_definition(config: StudyConfig, *, device: str | None) -> dict[str, Any]:
-    """The study file's trial-defining keys as `section.key` -> value, with the effective dataset
-    (a local folder as its absolute path) and device; JSON-ready, so it can be stored on the study."""
+    """The study file's trial-defining keys as `section.key` -> value, with the effective dataset (by
+    content) and device; JSON-ready, so it can be stored on the study."""
     out: dict[str, Any] = {}
     for section in TRIAL_SECTIONS:
         table = config.raw.get(section, {})
@@ -64,8 +65,14 @@ def other_changes(stored_raw: dict[str, Any], raw: dict[str, Any]) -> list[str]:
 
 
 def _dataset(name: str) -> str:
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
+    """The dataset by content: a Hub name as it is, a local folder or file by its files' names and sizes
+    (machines sharing one study may hold their copies in different folders)."""
+    from mfha.sources import Source
+
+    try:
+        return Source.resolve(name).content()
+    except MFHAError:
+        return name  # not readable here: its name is all there is to compare
 
 
 __all__ = ["trial_definition", "first_difference", "other_changes", "TRIAL_SECTIONS"]
