@@ -13,7 +13,6 @@ python run_search.py report --study smoke --out reports/smoke
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from collections.abc import Callable
 
@@ -124,11 +123,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_next(name: str, storage_url: str, done: bool) -> None:
-    from search import mask_url
+    from search.store.storage import storage_flag
 
     if done:
-        storage = "" if storage_url == DEFAULT_STORAGE else f" --storage {shlex.quote(mask_url(storage_url))}"
-        print(f"next: python run_search.py export --study {name}{storage} --out exports/{name}")
+        print(f"next: python run_search.py export --study {name}{storage_flag(storage_url)} --out exports/{name}")
 
 
 def _after_validation(name: str, storage_url: str, interrupted: bool) -> int:

@@ -17,4 +17,10 @@ class TrainingDiverged(MFHAError):
     """The training loss became NaN, infinite, or several times the uniform guess ln(V)."""
 
 
-__all__ = ["ConfigError", "DataError", "MFHAError", "TrainingDiverged"]
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+__all__ = ["ConfigError", "DataError", "MFHAError", "TrainingDiverged", "first_line"]

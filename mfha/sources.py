@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mfha.errors import DataError
+from mfha.errors import DataError, first_line
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict, IterableDataset
@@ -166,7 +166,7 @@ class Source:
         except FileNotFoundError as e:  # also datasets' "no data files" and "not found" errors, which derive from it
             if self.path is not None:
                 raise DataError(
-                    f"--dataset {self.name!r} holds no data files that datasets can read ({', '.join(BUILDERS)}): {_first_line(e)}"
+                    f"--dataset {self.name!r} holds no data files that datasets can read ({', '.join(BUILDERS)}): {first_line(e)}"
                 ) from e
             if isinstance(e, datasets.exceptions.DatasetNotFoundError):
                 raise DataError(
@@ -178,7 +178,7 @@ class Source:
                 f"--dataset {self.name!r} has a data file with no rows; every split needs rows (one story per row)."
             ) from None
         except datasets.exceptions.DatasetGenerationError as e:
-            raise DataError(f"--dataset {self.name!r} could not be read: {_first_line(e.__cause__ or e)}") from e
+            raise DataError(f"--dataset {self.name!r} could not be read: {first_line(e.__cause__ or e)}") from e
         except ConnectionError as e:
             if self.path is not None:
                 raise
@@ -259,11 +259,6 @@ def _hub_reachable() -> bool:
     except OSError:  # URLError, DNS failure, refused connection, timeout
         return False
     return True
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def write_rows(folder: Path, rows: dict[str, Dataset]) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from mfha.config import ModelConfig, TrainConfig
 from mfha.data import TokenizedData, load_data
-from mfha.errors import ConfigError, MFHAError, TrainingDiverged
+from mfha.errors import ConfigError, MFHAError, TrainingDiverged, first_line
 from mfha.memory import vm_status
 from mfha.model import GPT
 from mfha.optim import make_optimizer, optimizer_step
@@ -162,7 +162,7 @@ def train(
             step, history, elapsed_before = state["step"], state["history"], state["elapsed_s"]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ConfigError(
-                f"checkpoint {str(path)!r} holds no training state to resume ({type(e).__name__}: {_first_line(e)}); "
+                f"checkpoint {str(path)!r} holds no training state to resume ({type(e).__name__}: {first_line(e)}); "
                 f"put back a good copy, or {afresh}."
             ) from e
     if out is not None:
@@ -275,11 +275,6 @@ def _check_out(out: Path | None, resume: bool) -> None:
         )
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def read_checkpoint(path: Path, device: torch.device, *, fix: str) -> dict:
     """A run's saved state; a file torch cannot read (truncated, corrupt, not a checkpoint) as one ConfigError
     that ends in `fix`."""
@@ -309,7 +304,7 @@ def load_model_state(model: GPT, state: dict, path: Path, *, owner: str, fix: st
         if diff is None:
             model.load_state_dict(state["model"])
     except RuntimeError as e:
-        diff = _first_line(e)
+        diff = first_line(e)
     if diff is not None:
         raise ConfigError(f"checkpoint {str(path)!r} is not of {owner} ({diff}); {fix}.")
 

@@ -20,9 +20,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.results.evidence import Validated
-from search.results.text import finite, interval_dict, storage_flag
+from search.results.text import finite, interval_dict
 from search.results.verdict import verdict
-from search.store.storage import mask_url
+from search.store.storage import mask_url, storage_flag
 from search.study.trials import BASELINE, objective_names
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")

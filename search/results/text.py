@@ -5,11 +5,8 @@ an infinite bound as null (JSON) or "unbounded", speeds, hours and device names.
 from __future__ import annotations
 
 import math
-import shlex
 
 from search.results.stats import Interval
-from search.store.storage import mask_url
-from search.study.types import DEFAULT_STORAGE
 
 DIGITS = 4  # bits/char are printed to 4 decimals everywhere (page, summary.md); report.json keeps full precision
 COST_DIGITS = 3  # costs (ratios to the reference model) to 3
@@ -22,10 +19,6 @@ def finite(x: float) -> float | None:
 
 def interval_dict(iv: Interval) -> dict[str, float | None]:
     return {"mean": iv.mean, "low": finite(iv.low), "high": finite(iv.high)}
-
-
-def storage_flag(storage_url: str) -> str:
-    return "" if storage_url == DEFAULT_STORAGE else f" --storage {shlex.quote(mask_url(storage_url))}"
 
 
 def fmt_bpc(x: float | None) -> str:
@@ -72,7 +65,6 @@ __all__ = [
     "COST_MEANING",
     "finite",
     "interval_dict",
-    "storage_flag",
     "fmt_bpc",
     "fmt_pm",
     "fmt_span",

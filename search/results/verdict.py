@@ -20,8 +20,8 @@ from search.results.text import (
     fmt_bpc,
     fmt_span,
     interval_dict,
-    storage_flag,
 )
+from search.store.storage import storage_flag
 from search.study.trials import BASELINE, mixes_sizes, objective_names
 from search.study.types import DEFAULT_STORAGE
 

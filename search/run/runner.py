@@ -5,7 +5,6 @@ study holds `n_trials` finished trials (COMPLETE + PRUNED), a progress bar, clea
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import sys
 import time
@@ -28,11 +27,18 @@ from search.run.memory import fmt_bytes
 from search.run.objective import Objective, TrialFailed, TrialSettings
 from search.run.prepare import Prepared, check_vocab_sizes, open_run
 from search.run.workers import SurplusTrial, TrialSlots, worker_threads
-from search.store.storage import artifact_store, default_artifacts_dir, make_storage, mask_url, sqlite_path
+from search.store.storage import (
+    artifact_store,
+    default_artifacts_dir,
+    make_storage,
+    mask_url,
+    sqlite_path,
+    storage_flag,
+)
 from search.study.identity import first_difference, other_changes, trial_definition
 from search.study.parser import parse_study
 from search.study.trials import BASELINE, FINISHED, best_trial
-from search.study.types import DEFAULT_STORAGE, StudyConfig
+from search.study.types import StudyConfig
 
 MAX_FAILS_IN_A_ROW = 5
 # what an interrupted trial's retry keeps besides its params: a baseline stays one, a validation
@@ -235,12 +241,11 @@ def check_same_study(study: optuna.Study, config: StudyConfig, *, device: str, l
     if diff is not None:
         key, old, new = diff
         flag = {"data.dataset": " (--dataset)", "training.device": " (--device)"}.get(key, "")
-        storage = "" if config.storage == DEFAULT_STORAGE else f" --storage {shlex.quote(mask_url(config.storage))}"
         raise ConfigError(
             f"study {study.study_name!r} in {mask_url(config.storage)} was made with {_setting(key, old)}, but this run "
             f"has {_setting(key, new)}{flag}, which changes what a trial is; give this study file a new study.name, or "
             f"rerun with the file the study was made with (python run_search.py show --study {study.study_name}"
-            f"{storage} --study-file prints it)."
+            f"{storage_flag(config.storage)} --study-file prints it)."
         )
     if isinstance(raw, dict):
         changed = other_changes(raw, _masked_raw(config))

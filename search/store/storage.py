@@ -22,7 +22,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._rdb import models
 
-from mfha.errors import ConfigError
+from mfha.errors import ConfigError, first_line
 from search.store.fast import FastReadRDBStorage
 from search.study.types import DEFAULT_STORAGE
 
@@ -132,14 +132,14 @@ def make_storage(
         ) from None
     except ImportError as e:
         raise ConfigError(
-            f"{flag}={mask_url(url)!r} needs a database driver that is not installed ({_first_line(e)}); for PostgreSQL: pip install 'psycopg[binary]'."
+            f"{flag}={mask_url(url)!r} needs a database driver that is not installed ({first_line(e)}); for PostgreSQL: pip install 'psycopg[binary]'."
         ) from None
     except sqlalchemy.exc.DatabaseError as e:
         if db is not None and _sqlite_error(e).startswith("SQLITE_CORRUPT"):
             raise _damaged(db, url, flag) from None
         if isinstance(e, sqlalchemy.exc.OperationalError):
             raise ConfigError(
-                f"cannot reach the database {flag}={mask_url(url)!r}: {mask_url(_first_line(e.orig or e))}."
+                f"cannot reach the database {flag}={mask_url(url)!r}: {mask_url(first_line(e.orig or e))}."
             ) from None
         if db is None:
             raise
@@ -148,7 +148,7 @@ def make_storage(
         # POSIX locks (https://sqlite.org/howtocorrupt.html)
         raise ConfigError(
             f"{flag} must name a SQLite database or a new file, but got {flag}={mask_url(url)!r}, whose file "
-            f"{str(db)!r} SQLite cannot read ({_first_line(e.orig or e)}); pass {flag} with another file name, "
+            f"{str(db)!r} SQLite cannot read ({first_line(e.orig or e)}); pass {flag} with another file name, "
             f"or move that file away."
         ) from None
     if db is not None and create:
@@ -319,6 +319,11 @@ def artifact_store(folder: str | Path) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(str(folder))
 
 
+def storage_flag(storage_url: str) -> str:
+    """` --storage URL` for a printed command (password masked), or nothing for the default store."""
+    return "" if storage_url == DEFAULT_STORAGE else f" --storage {shlex.quote(mask_url(storage_url))}"
+
+
 def make_folder(folder: str | Path, what: str) -> Path:
     """`folder`, created with its parents; else one ConfigError line, "cannot create <what>: <why>."
     (`what` names the folder and its flag, with `{folder}` where the path goes)."""
@@ -330,16 +335,12 @@ def make_folder(folder: str | Path, what: str) -> Path:
     return folder
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 __all__ = [
     "make_storage",
     "open_study",
     "artifact_store",
     "make_folder",
+    "storage_flag",
     "mask_url",
     "sqlite_path",
     "default_artifacts_dir",
